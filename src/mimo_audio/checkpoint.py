@@ -1,0 +1,177 @@
+"""Checkpoint access: a local folder or a hub id -> config + safetensors tensors -> modules.
+
+Only safetensors are ever read (never pickle). A hub id is fetched with ``huggingface_hub`` (its cache and
+``HF_HUB_OFFLINE`` are honoured); a local folder is used as it is. Loading is strict: a missing,
+mis-shaped or unknown key is a :class:`CheckpointError` naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
+
+
+def resolve(path_or_id: str | os.PathLike, *, allow_patterns: list[str] | None = None) -> Path:
+    """Return a local folder for ``path_or_id``: the folder itself, or the hub snapshot (downloaded if needed).
+
+    A string that names an existing folder always wins over a hub id of the same spelling.
+    """
+    p = Path(os.fspath(path_or_id)).expanduser()
+    if p.is_dir():
+        return p
+    text = os.fspath(path_or_id)
+    if p.exists():
+        raise CheckpointError(f"{text} is a file; pass the folder that holds config.json and the .safetensors files")
+    if not HUB_ID.match(text):
+        raise CheckpointError(
+            f"no checkpoint folder at {text!r}; pass an existing folder or a hub id such as 'XiaomiMiMo/MiMo-Audio-Tokenizer'"
+        )
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(repo_id=text, allow_patterns=allow_patterns or WEIGHT_PATTERNS)
+    except Exception as exc:  # huggingface_hub raises many types (offline, 404, network, auth)
+        raise CheckpointError(
+            f"cannot fetch {text!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
+            "Check the id and your network, run `mimo-audio download` beforehand, or pass a local folder."
+        ) from None
+    return Path(local)
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    """The weight files of a checkpoint folder: ``model.safetensors.index.json``'s shards, else ``*.safetensors``."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"cannot read {index}: {exc}") from None
+        names = sorted(set(weight_map.values()))
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise CheckpointError(f"{index} names shard(s) that are not in {folder}: {', '.join(missing)}")
+        return [folder / n for n in names]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
+            raise CheckpointError(f"{folder} holds only pickle weights (.bin/.pt); convert them to safetensors")
+        raise CheckpointError(f"no .safetensors weights in {folder}")
+    return files
+
+
+def read_tensors(files: Iterable[Path], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """All tensors of the given safetensors files (memory-mapped by safetensors)."""
+    from safetensors import SafetensorError, safe_open
+
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt", device=str(device)) as handle:
+                for key in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
+                    if key in out:
+                        raise CheckpointError(f"weight {key!r} appears in more than one file ({f.name})")
+                    out[key] = handle.get_tensor(key)
+        except SafetensorError as exc:
+            raise CheckpointError(f"cannot read {f}: {exc}") from None
+        except OSError as exc:
+            raise CheckpointError(f"cannot read {f}: {exc}") from None
+    return out
+
+
+def load_into(
+    module: nn.Module,
+    tensors: dict[str, torch.Tensor],
+    *,
+    rename: Callable[[str], str | None] = lambda k: k,
+    optional: Callable[[str], bool] = lambda k: False,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    keep_dtype: Callable[[str], bool] = lambda k: False,
+    source: str = "checkpoint",
+) -> None:
+    """Strictly load checkpoint ``tensors`` into ``module`` (which may live on the meta device).
+
+    ``rename`` maps a checkpoint key to the module's parameter/buffer name, or ``None`` to drop a key that
+    ``optional`` allows. Every module parameter and persistent buffer must be filled exactly once with the
+    right shape; an unknown key is an error unless ``optional(key)``.
+    """
+    targets = dict(module.named_parameters())
+    targets.update({n: b for n, b in module.named_buffers() if _is_persistent(module, n)})
+    filled: dict[str, str] = {}
+    for key, value in tensors.items():
+        name = rename(key)
+        if name is None or name not in targets:
+            if optional(key):
+                continue
+            raise CheckpointError(f"unexpected weight {key!r} in {source}: this model has no such parameter")
+        if name in filled:
+            raise CheckpointError(f"weights {filled[name]!r} and {key!r} in {source} both map to {name!r}")
+        want = tuple(targets[name].shape)
+        if tuple(value.shape) != want:
+            raise CheckpointError(
+                f"weight {key!r} in {source} has shape {tuple(value.shape)}, expected {want} (config and weights disagree)"
+            )
+        filled[name] = key
+    missing = [n for n in targets if n not in filled]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise CheckpointError(f"{source} lacks {len(missing)} weight(s) the model needs: {shown}")
+    for name, key in filled.items():
+        value = tensors[key]
+        want_dtype = value.dtype if keep_dtype(name) or not value.is_floating_point() else (dtype or value.dtype)
+        value = value.to(device=device or "cpu", dtype=want_dtype)
+        _assign(module, name, value)
+
+
+def _is_persistent(module: nn.Module, name: str) -> bool:
+    owner, _, leaf = name.rpartition(".")
+    mod = module.get_submodule(owner) if owner else module
+    return leaf not in mod._non_persistent_buffers_set
+
+
+def _assign(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    owner, _, leaf = name.rpartition(".")
+    mod = module.get_submodule(owner) if owner else module
+    if leaf in mod._parameters:
+        mod._parameters[leaf] = nn.Parameter(value, requires_grad=mod._parameters[leaf].requires_grad)
+    else:
+        mod._buffers[leaf] = value
+
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower().replace("torch.", "")]
+    except KeyError:
+        raise CheckpointError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16") from None
+
+
+def parse_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CheckpointError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+    return dev

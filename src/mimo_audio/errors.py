@@ -1,0 +1,23 @@
+"""The project's exception types.
+
+Every error a user can cause is one of these, with a message that names the problem and the fix.
+They subclass ``ValueError`` (or ``OSError`` for files) so generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+
+class MimoAudioError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class AudioInputError(MimoAudioError, ValueError):
+    """Audio that cannot be used: missing, unreadable, empty, non-finite, bad rate, too long, not audio."""
+
+
+class CheckpointError(MimoAudioError, ValueError):
+    """A checkpoint folder or hub id that cannot be loaded: missing files or keys, wrong shapes, bad config."""
+
+
+class PromptError(MimoAudioError, ValueError):
+    """A request that cannot be turned into a prompt: empty text, missing transcript, too long for the model."""
