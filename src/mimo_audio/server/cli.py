@@ -1,0 +1,108 @@
+"""``mimo-audio serve``: load the model and run the OpenAI-compatible server with uvicorn.
+
+Registered on the main parser by :func:`add_serve_command` (called from :mod:`mimo_audio.cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+DEFAULT_MODEL = "XiaomiMiMo/MiMo-Audio-7B-Instruct"
+DEFAULT_TOKENIZER = "XiaomiMiMo/MiMo-Audio-Tokenizer"
+
+
+def add_serve_command(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "serve", help="run the OpenAI-compatible HTTP server and web page",
+        description="Serve MiMo-Audio over HTTP: /v1/audio/speech, /v1/audio/transcriptions, /v1/chat/completions, "
+                    "/v1/models, /health, /ready, /metrics and a web page at /. See docs/server.md.")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=DEFAULT_MODEL, help=f"LM hub id or folder (default: {DEFAULT_MODEL})")
+    g.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
+                   help=f"audio tokenizer hub id or folder (default: {DEFAULT_TOKENIZER})")
+    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    g.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
+    g.add_argument("--served-model-name", default="mimo-audio",
+                   help="the model id clients send and GET /v1/models lists (default: mimo-audio)")
+    g = p.add_argument_group("network")
+    g.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, loopback only)")
+    g.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    g.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every route but /health and the page "
+                        "(default: $MIMO_AUDIO_API_KEY, else no key)")
+    g.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow browser calls from this origin (repeatable); CORS is off by default")
+    g.add_argument("--no-page", action="store_true", help="do not serve the web page at /")
+    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    g = p.add_argument_group("batching and limits")
+    g.add_argument("--max-batch", type=int, default=8, help="most requests per engine batch (default: 8)")
+    g.add_argument("--batch-window-ms", type=float, default=20.0,
+                   help="how long the batcher waits for more requests before starting a batch (default: 20)")
+    g.add_argument("--queue-size", type=int, default=32,
+                   help="requests allowed to wait; beyond it 429 with Retry-After (default: 32)")
+    g.add_argument("--timeout", type=float, default=300.0, help="per-request deadline in seconds (default: 300)")
+    g.add_argument("--max-upload-mb", type=float, default=25.0, help="request body limit in MB (default: 25)")
+    g.add_argument("--max-audio-seconds", type=float, default=600.0,
+                   help="decoded audio per request, in seconds (default: 600)")
+    g.add_argument("--max-text-chars", type=int, default=4096, help="characters per text input (default: 4096)")
+    g.add_argument("--max-new-tokens", type=int, default=2048,
+                   help="cap (and default) on generated groups per request; 1 group = 0.16 s of speech "
+                        "(default: 2048)")
+    p.set_defaults(func=run_serve)
+    return p
+
+
+def settings_from_args(args):
+    from .settings import ServerSettings
+
+    return ServerSettings(
+        model_name=args.served_model_name,
+        api_key=args.api_key or os.environ.get("MIMO_AUDIO_API_KEY") or None,
+        cors_origins=tuple(args.cors_origin),
+        max_batch=args.max_batch,
+        batch_window_s=args.batch_window_ms / 1000.0,
+        queue_size=args.queue_size,
+        timeout_s=args.timeout,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_audio_seconds=args.max_audio_seconds,
+        max_text_chars=args.max_text_chars,
+        max_new_tokens=args.max_new_tokens,
+        serve_page=not args.no_page,
+    )
+
+
+def run_serve(args) -> int:
+    try:
+        import uvicorn
+
+        from . import create_app
+    except ImportError as exc:
+        print(f"mimo-audio serve: error: {exc.name} is missing; install the server extra: "
+              "pip install 'mimo-audio[serve]'", file=sys.stderr)
+        return 1
+    from ..errors import MimoAudioError
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:
+        print(f"mimo-audio serve: error: {exc}", file=sys.stderr)
+        return 1
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        logging.getLogger("mimo_audio.server").warning(
+            "listening on %s without --api-key: anyone who can reach this address can use the model", args.host)
+    from ..pipeline import MimoAudio
+
+    try:
+        mimo = MimoAudio.from_pretrained(args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
+    except (MimoAudioError, OSError) as exc:
+        print(f"mimo-audio serve: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    app = create_app(mimo, settings)
+    # uvicorn's own access log is replaced by ours (method, path, status, duration).
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                timeout_graceful_shutdown=10)
+    return 0

@@ -1,0 +1,213 @@
+"""Audio in and out of the HTTP layer: decode uploads under limits, encode replies, split long audio.
+
+Uploads are bytes (multipart files) or base64 / ``data:`` URLs in JSON; nothing here ever opens a path or
+fetches a URL named in a request. Decoding checks the header (sample rate, channels, declared length) before
+reading, reads at most the allowed number of frames, and rejects empty or non-finite audio.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import APIError, bad_request
+
+MIN_RATE, MAX_RATE, MAX_CHANNELS = 8000, 192000, 8
+MIN_SECONDS = 0.1
+OUTPUT_FORMATS = {"wav": "audio/wav", "flac": "audio/flac", "pcm": "audio/pcm", "pcm16": "audio/pcm"}
+KNOWN_UNSUPPORTED = {"mp3", "opus", "aac", "ogg", "webm", "m4a", "mp4"}
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,",
+                       re.IGNORECASE)
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+
+
+@dataclass(frozen=True)
+class AudioLimits:
+    max_bytes: int
+    max_seconds: float
+    max_decoded_bytes: int
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    samples: np.ndarray  # (samples,) float32 mono, finite, in [-1, 1]
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+    def as_pair(self) -> tuple[np.ndarray, int]:
+        return self.samples, self.sample_rate
+
+
+def decode_base64_audio(value: str, limits: AudioLimits, param: str) -> bytes:
+    """base64 text or a ``data:`` URL -> bytes. URLs of any other scheme and file paths are refused, unread."""
+    if not isinstance(value, str) or not value.strip():
+        raise bad_request(f"'{param}' must be base64-encoded audio or a data: URL, got an empty value", param)
+    value = value.strip()
+    match = _DATA_URL.match(value)
+    if match:
+        if not match.group("b64"):
+            raise bad_request(f"'{param}': only base64 data URLs are accepted (data:audio/wav;base64,...)", param)
+        value = value[match.end():]
+    elif _SCHEME.match(value) and not re.fullmatch(r"[A-Za-z0-9+/=\s]+", value):
+        raise bad_request(f"'{param}': URLs are never fetched by this server; send the audio itself as base64 "
+                          "or a data:audio/...;base64 URL", param, code="url_not_allowed")
+    if len(value) * 3 // 4 > limits.max_bytes:
+        raise APIError(413, f"'{param}' is larger than the {limits.max_bytes // (1024 * 1024)} MB audio limit",
+                       param=param, code="audio_too_large")
+    try:
+        data = base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_request(f"'{param}' is not valid base64 (send the audio file's bytes base64-encoded, or a "
+                          "data:audio/wav;base64,... URL; file paths and URLs are not accepted)", param,
+                          code="invalid_base64") from None
+    return data
+
+
+def decode_audio(data: bytes, limits: AudioLimits, param: str = "file") -> DecodedAudio:
+    """Audio file bytes -> mono float32 at the file's own rate, within the limits (else a 4xx APIError)."""
+    import soundfile as sf
+
+    if not data:
+        raise bad_request(f"'{param}' is empty; send an audio file (wav, flac, ogg, mp3)", param, code="empty_audio")
+    if len(data) > limits.max_bytes:
+        raise APIError(413, f"'{param}' is larger than the {limits.max_bytes // (1024 * 1024)} MB audio limit",
+                       param=param, code="audio_too_large")
+    hint = ("could not be decoded as audio; send wav, flac, ogg/vorbis/opus or mp3 (convert webm/m4a/aac to wav "
+            "first, e.g. with ffmpeg)")
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            rate, channels, frames = int(f.samplerate), int(f.channels), int(f.frames)
+            if not MIN_RATE <= rate <= MAX_RATE:
+                raise bad_request(f"'{param}' has sample rate {rate} Hz; supported rates are {MIN_RATE}..{MAX_RATE}"
+                                  " Hz", param, code="bad_sample_rate")
+            if not 1 <= channels <= MAX_CHANNELS:
+                raise bad_request(f"'{param}' has {channels} channels; at most {MAX_CHANNELS} are supported",
+                                  param, code="bad_channels")
+            max_frames = int(min(limits.max_seconds * rate, limits.max_decoded_bytes // (4 * channels)))
+            if frames > max_frames > 0 and frames < 2**62:
+                raise _too_long(param, frames / rate, limits)
+            block = f.read(frames=max_frames + 1, dtype="float32", always_2d=True)
+    except APIError:
+        raise
+    except Exception:  # libsndfile raises several types for corrupt input; all mean "not usable audio"
+        raise bad_request(f"'{param}' {hint}", param, code="invalid_audio") from None
+    if len(block) > max_frames:
+        raise _too_long(param, len(block) / rate, limits)
+    if len(block) < MIN_SECONDS * rate:
+        raise bad_request(f"'{param}' holds {len(block) / rate:.3f} s of audio; at least {MIN_SECONDS} s is needed",
+                          param, code="audio_too_short")
+    if not np.isfinite(block).all():
+        raise bad_request(f"'{param}' contains NaN or infinite samples; send finite audio", param,
+                          code="invalid_audio")
+    mono = block.mean(axis=1) if channels > 1 else block[:, 0]
+    return DecodedAudio(np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False), rate)
+
+
+def _too_long(param: str, seconds: float, limits: AudioLimits) -> APIError:
+    return APIError(413, f"'{param}' lasts {seconds:.1f} s; the limit is {limits.max_seconds:.0f} s of audio per "
+                    "request (or the decoded-size limit); split it or send less", param=param,
+                    code="audio_too_long")
+
+
+def check_output_format(fmt: str | None, param: str = "response_format", *, stream: bool = False) -> str:
+    fmt = (fmt or "wav").lower()
+    if fmt not in OUTPUT_FORMATS:
+        if fmt in KNOWN_UNSUPPORTED:
+            raise bad_request(f"{param} '{fmt}' is not supported by this server; use wav, flac or pcm "
+                              "(pcm = raw 24 kHz 16-bit little-endian mono)", param, code="unsupported_format")
+        raise bad_request(f"Unknown {param} '{fmt}'; use wav, flac or pcm", param, code="unsupported_format")
+    if stream and fmt == "flac":
+        raise bad_request(f"{param} 'flac' cannot be streamed; stream wav or pcm, or turn streaming off", param,
+                          code="unsupported_format")
+    return "pcm" if fmt == "pcm16" else fmt
+
+
+def to_int16(wav) -> bytes:
+    arr = np.asarray(wav, dtype=np.float32).reshape(-1)
+    arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+    return (np.clip(arr, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+
+
+def encode_audio(wav, sample_rate: int, fmt: str) -> bytes:
+    """float waveform -> file bytes: 'wav' / 'flac' (16-bit) or 'pcm' (raw int16 little-endian)."""
+    if fmt == "pcm":
+        return to_int16(wav)
+    import soundfile as sf
+
+    arr = np.clip(np.nan_to_num(np.asarray(wav, dtype=np.float32).reshape(-1)), -1.0, 1.0)
+    buf = io.BytesIO()
+    sf.write(buf, arr, sample_rate, format=fmt.upper(), subtype="PCM_16")
+    return buf.getvalue()
+
+
+def wav_stream_header(sample_rate: int) -> bytes:
+    """A 16-bit mono WAV header with 'unknown' sizes (0xFFFFFFFF), for streaming: players read until EOF."""
+    unknown = 0xFFFFFFFF
+    return (b"RIFF" + struct.pack("<I", unknown) + b"WAVE" + b"fmt " +
+            struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16) +
+            b"data" + struct.pack("<I", unknown))
+
+
+def split_at_silences(samples: np.ndarray, sample_rate: int, max_seconds: float = 30.0) -> list[tuple[int, int]]:
+    """Cut audio into consecutive pieces of at most ``max_seconds``, each cut at the quietest point.
+
+    Returns (start, end) sample indices covering the whole input without gaps. A cut is placed at the centre of
+    the latest of the quietest 100 ms windows (within 5% of the minimum energy) in the second half of the
+    allowed span (so no piece is needlessly short);
+    audio no longer than ``max_seconds`` is one piece. The timings are real positions in the input, which is why
+    transcription segments built from them are honest (MiMo itself produces no timestamps).
+    """
+    n = len(samples)
+    max_len = max(1, int(max_seconds * sample_rate))
+    if n <= max_len:
+        return [(0, n)]
+    hop = max(1, sample_rate // 100)  # 10 ms
+    frames = n // hop
+    energy = np.square(samples[: frames * hop].astype(np.float64)).reshape(frames, hop).mean(axis=1)
+    width = 10  # 100 ms smoothing
+    smooth = np.convolve(energy, np.ones(width) / width, mode="same")
+    pieces, start = [], 0
+    while n - start > max_len:
+        lo, hi = (start + max_len // 2) // hop, (start + max_len) // hop
+        hi = min(hi, frames)
+        if hi <= lo:
+            cut = start + max_len
+        else:
+            window = smooth[lo:hi]
+            low, high = float(window.min()), float(window.max())
+            quiet = np.flatnonzero(window <= low + 0.05 * (high - low))  # near-silent frames; take the latest
+            cut = (lo + int(quiet[-1])) * hop + hop // 2
+            cut = min(max(cut, start + 1), start + max_len)
+        pieces.append((start, cut))
+        start = cut
+    pieces.append((start, n))
+    return pieces
+
+
+def _timestamp(seconds: float, sep: str) -> str:
+    ms = int(round(seconds * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def to_srt(segments: list[dict]) -> str:
+    blocks = [f"{i + 1}\n{_timestamp(s['start'], ',')} --> {_timestamp(s['end'], ',')}\n{s['text'].strip()}\n"
+              for i, s in enumerate(segments)]
+    return "\n".join(blocks)
+
+
+def to_vtt(segments: list[dict]) -> str:
+    blocks = [f"{_timestamp(s['start'], '.')} --> {_timestamp(s['end'], '.')}\n{s['text'].strip()}\n"
+              for s in segments]
+    return "WEBVTT\n\n" + "\n".join(blocks)

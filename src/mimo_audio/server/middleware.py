@@ -1,0 +1,139 @@
+"""Pure ASGI middleware: request logging + metrics, Bearer API key, request-body size cap.
+
+The body cap runs before any parsing: a ``Content-Length`` over the limit is refused at once (413), and a body
+sent without one (chunked) is counted as it arrives and refused as soon as it passes the limit. It covers
+every route, so JSON bodies carrying base64 audio are capped like multipart uploads.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+
+from .errors import APIError, error_response
+from .metrics import Registry
+
+log = logging.getLogger("mimo_audio.server")
+
+# Routes reachable without the API key. /health is liveness only; / and /static/* are the web page (public
+# files with no data and no model access; the page asks for the key and sends it with every API call).
+PUBLIC_PATHS = {"/health", "/", "/favicon.ico"}
+PUBLIC_PREFIXES = ("/static/",)
+KNOWN_ROUTES = ("/v1/audio/speech", "/v1/audio/transcriptions", "/v1/chat/completions", "/v1/models",
+                "/health", "/ready", "/metrics", "/", "/openapi.json", "/docs")
+
+
+def route_label(path: str) -> str:
+    if path in KNOWN_ROUTES:
+        return path
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{id}"
+    if path.startswith("/static/"):
+        return "/static"
+    return "other"
+
+
+class BodyTooLarge(APIError):
+    def __init__(self, limit: int):
+        super().__init__(413, f"The request body is larger than the server's {limit / 2**20:g} MB limit; send "
+                         "smaller audio (or raise --max-upload-mb)", code="request_too_large")
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    return await error_response(400, "Invalid Content-Length header")(scope, receive, send)
+                if length > self.max_bytes:
+                    return await BodyTooLarge(self.max_bytes).response()(scope, receive, send)
+        seen = 0
+        limit = self.max_bytes
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge as exc:  # raised outside a route's error handling (e.g. by a streaming reader)
+            if not started:
+                await exc.response()(scope, receive, send)
+
+
+class AuthMiddleware:
+    """Deny by default: every route but PUBLIC_PATHS needs ``Authorization: Bearer <key>``."""
+
+    def __init__(self, app, api_key: str):
+        self.app = app
+        self.key = api_key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or scope.get("method") == "OPTIONS":
+            return await self.app(scope, receive, send)
+        given = b""
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    given = token.strip()
+                break
+        if not hmac.compare_digest(given, self.key):
+            response = error_response(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
+                                      code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+class AccessLogMiddleware:
+    """One log line per request (method, path, status, duration) and the HTTP metrics."""
+
+    def __init__(self, app, metrics: Registry):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = 500
+
+        async def tracking_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            dt = time.perf_counter() - t0
+            path = scope.get("path", "")
+            label = route_label(path)
+            self.metrics.requests.inc(route=label, method=scope.get("method", ""), status=str(status))
+            self.metrics.latency.observe(dt, route=label)
+            client = scope.get("client") or ("-", 0)
+            log.info('%s "%s %s" %d %.1f ms', client[0], scope.get("method"), path[:200], status, dt * 1000)

@@ -1,0 +1,229 @@
+"""The service the routes share: admission, input checks, prepare-in-a-thread, waiting for pieces.
+
+Everything that touches the backend goes through here, so the routes stay about HTTP shapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import numpy as np
+
+from ..errors import MimoAudioError
+from .batcher import Batcher, Job, JobTimeout
+from .errors import APIError, bad_request
+from .media import AudioLimits, DecodedAudio, decode_audio, decode_base64_audio
+from .metrics import Registry
+from .settings import ServerSettings
+
+log = logging.getLogger("mimo_audio.server")
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request was waiting or running."""
+
+
+def tensor_to_numpy(audio) -> np.ndarray | None:
+    if audio is None:
+        return None
+    if hasattr(audio, "detach"):
+        audio = audio.detach().to("cpu").float().numpy()
+    return np.asarray(audio, dtype=np.float32).reshape(-1)
+
+
+@dataclass
+class StoredAudio:
+    audio: Any
+    sample_rate: int
+    codes: Any
+    transcript: str
+    expires_at: int
+
+
+class AudioStore:
+    """Generated chat audio kept for a while by server-made id, so a later turn can reference it
+    (``{"role": "assistant", "audio": {"id": ...}}``) as OpenAI's API allows. Bounded LRU with expiry."""
+
+    def __init__(self, size: int, ttl_s: float):
+        self.size, self.ttl_s = size, ttl_s
+        self._items: collections.OrderedDict[str, StoredAudio] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def new_id() -> str:
+        return "audio_" + secrets.token_hex(12)
+
+    def put(self, audio, sample_rate: int, codes, transcript: str, audio_id: str | None = None) -> tuple[str, int]:
+        audio_id = audio_id or self.new_id()
+        expires = int(time.time() + self.ttl_s)
+        with self._lock:
+            self._items[audio_id] = StoredAudio(audio, sample_rate, codes, transcript, expires)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return audio_id, expires
+
+    def get(self, audio_id: str) -> StoredAudio | None:
+        with self._lock:
+            item = self._items.get(audio_id)
+            if item is None or item.expires_at < time.time():
+                self._items.pop(audio_id, None)
+                return None
+            self._items.move_to_end(audio_id)
+            return item
+
+
+class Service:
+    def __init__(self, backend, settings: ServerSettings, metrics: Registry | None = None):
+        self.backend, self.settings = backend, settings
+        self.metrics = metrics or Registry()
+        self.batcher = Batcher(backend, max_batch=settings.max_batch, window_s=settings.batch_window_s,
+                               queue_size=settings.queue_size, retry_after_s=settings.retry_after_s,
+                               metrics=self.metrics)
+        self.limits = AudioLimits(settings.max_upload_bytes, settings.max_audio_seconds, settings.max_decoded_bytes)
+        self.audio_store = AudioStore(settings.audio_store_size, settings.audio_store_ttl_s)
+        self.sample_rate = int(getattr(backend, "sample_rate", 24000))
+        self.ready = False
+        self._prep_limiter: anyio.CapacityLimiter | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self.batcher.start()
+        self.ready = True
+
+    def stop(self) -> None:
+        self.ready = False
+        self.batcher.stop()
+
+    # ---------------------------------------------------------------- checks
+    def check_model(self, model: str) -> None:
+        if model != self.settings.model_name:
+            raise APIError(404, f"The model '{str(model)[:100]}' does not exist on this server; use "
+                           f"'{self.settings.model_name}' (see GET /v1/models)", param="model",
+                           code="model_not_found")
+
+    def check_text(self, value: str | None, param: str, *, required: bool = False, limit: int | None = None) -> None:
+        limit = limit or self.settings.max_text_chars
+        if value is None or not value.strip():
+            if required:
+                raise bad_request(f"'{param}' must be a non-empty string", param)
+            return
+        if len(value) > limit:
+            raise bad_request(f"'{param}' has {len(value)} characters; the limit is {limit}", param,
+                              code="string_above_max_length")
+
+    def sampling(self, body, max_new_tokens: int | None = None, param: str = "max_new_tokens") -> dict:
+        """seed / max_new_tokens / temperature / top_p / top_k for ``prepare``; max_new_tokens within the cap."""
+        cap = self.settings.max_new_tokens
+        asked = max_new_tokens if max_new_tokens is not None else getattr(body, "max_new_tokens", None)
+        if asked is not None and asked > cap:
+            raise bad_request(f"'{param}' is {asked}; this server allows at most {cap}", param,
+                              code="max_new_tokens_too_large")
+        kw: dict[str, Any] = {"max_new_tokens": asked if asked is not None else cap}
+        for name in ("seed", "temperature", "top_p", "top_k"):
+            value = getattr(body, name, None)
+            if value is not None:
+                kw[name] = value
+        return kw
+
+    async def decode(self, data: bytes, param: str) -> DecodedAudio:
+        audio = await anyio.to_thread.run_sync(functools.partial(decode_audio, data, self.limits, param))
+        self.metrics.audio_in.inc(audio.seconds)
+        return audio
+
+    async def decode_b64(self, value: str, param: str) -> DecodedAudio:
+        return await self.decode(decode_base64_audio(value, self.limits, param), param)
+
+    def check_total_audio(self, audios: list[DecodedAudio]) -> None:
+        total = sum(a.seconds for a in audios)
+        if total > self.settings.max_audio_seconds:
+            raise APIError(413, f"The request holds {total:.1f} s of audio in all; the limit is "
+                           f"{self.settings.max_audio_seconds:.0f} s", code="audio_too_long")
+
+    # ---------------------------------------------------------------- running
+    async def _prepare(self, task: str, kwargs: dict):
+        if self._prep_limiter is None:
+            self._prep_limiter = anyio.CapacityLimiter(1)
+        try:
+            return await anyio.to_thread.run_sync(functools.partial(self.backend.prepare, task, **kwargs),
+                                                  limiter=self._prep_limiter)
+        except MimoAudioError:
+            raise
+        except (ValueError, TypeError) as exc:  # the pipeline refused the input without its own error type
+            log.warning("prepare(%s) refused input: %r", task, exc)
+            raise bad_request(f"The request cannot be run: {exc}") from None
+
+    async def start_jobs(self, task: str, kwargs_list: list[dict]) -> list[Job]:
+        """Admit one request (one queue slot, 429 when full), prepare its rows and queue them."""
+        if not self.ready:
+            raise APIError(503, "The server is not ready (loading or shutting down); retry shortly",
+                           code="not_ready", headers={"Retry-After": str(self.settings.retry_after_s)})
+        self.batcher.reserve()
+        t0 = time.monotonic()
+        try:
+            prepared = [await self._prepare(task, kw) for kw in kwargs_list]
+        except BaseException:
+            self.batcher.release()
+            raise
+        jobs = []
+        for i, req in enumerate(prepared):
+            if i > 0:  # one request holds one slot; its extra rows (transcription chunks) ride along
+                self.batcher.reserve_extra()
+            jobs.append(self.batcher.submit(req, timeout_s=self.settings.timeout_s, task=task, t_admit=t0))
+        return jobs
+
+    async def pieces(self, job: Job, request=None, *, ping: float | None = None) -> AsyncIterator[Any]:
+        """Yield the job's pieces; ``None`` every ``ping`` seconds of silence (for SSE keep-alives).
+
+        Watches the client: if it disconnects, the job's row is cancelled and ClientGone is raised. Past the
+        deadline the row is cancelled and JobTimeout raised.
+        """
+        poll = 0.5
+        last = time.monotonic()
+        try:
+            while True:
+                remaining = job.deadline + 1.0 - time.monotonic()
+                if remaining <= 0:
+                    job.cancel("timeout")
+                    raise JobTimeout(job.timeout_s)
+                try:
+                    piece = await job.next(min(poll, remaining))
+                except asyncio.TimeoutError:
+                    if request is not None and await request.is_disconnected():
+                        job.cancel("client")
+                        raise ClientGone() from None
+                    if ping and time.monotonic() - last >= ping:
+                        last = time.monotonic()
+                        yield None
+                    continue
+                if piece is None:
+                    if job.cancelled:
+                        raise ClientGone()
+                    return
+                last = time.monotonic()
+                yield piece
+        finally:
+            if not job.finished:
+                job.cancel("client")
+
+    async def result(self, job: Job, request=None):
+        """Wait for the job's final Reply (pieces are consumed)."""
+        reply = None
+        async for piece in self.pieces(job, request):
+            if piece is not None and getattr(piece, "done", False):
+                reply = piece.reply
+        if reply is None:
+            raise ClientGone()
+        audio = tensor_to_numpy(getattr(reply, "audio", None))
+        if audio is not None:
+            self.metrics.audio_out.inc(len(audio) / int(getattr(reply, "sample_rate", self.sample_rate)))
+        return reply

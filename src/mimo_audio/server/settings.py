@@ -1,0 +1,57 @@
+"""Server settings: one frozen dataclass, filled by ``mimo-audio serve`` flags or by hand in tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything the HTTP layer needs to know, with safe defaults.
+
+    Limits are enforced before any model work: ``max_upload_bytes`` caps every request body (multipart uploads
+    and JSON bodies carrying base64 audio alike) at the ASGI layer; ``max_audio_seconds`` caps the decoded
+    duration of each request's audio; ``max_text_chars`` caps each text input; ``max_new_tokens`` caps the
+    number of generated groups (one group = one text token or 4 audio frames = 0.16 s of speech).
+    """
+
+    model_name: str = "mimo-audio"
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    # batching / queueing
+    max_batch: int = 8
+    batch_window_s: float = 0.02
+    queue_size: int = 32
+    timeout_s: float = 300.0
+    retry_after_s: int = 2
+    # limits
+    max_upload_bytes: int = 25 * MiB
+    max_audio_seconds: float = 600.0
+    max_decoded_bytes: int = 256 * MiB
+    max_text_chars: int = 4096
+    max_chat_text_chars: int = 16384
+    max_audio_parts: int = 8
+    max_messages: int = 64
+    max_new_tokens: int = 2048
+    transcription_chunk_seconds: float = 30.0
+    audio_store_size: int = 64
+    audio_store_ttl_s: float = 3600.0
+    sse_ping_s: float = 10.0
+    # page
+    serve_page: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("max_batch", "queue_size", "max_upload_bytes", "max_text_chars", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ServerSettings.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("timeout_s", "max_audio_seconds", "transcription_chunk_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ServerSettings.{name} must be positive, got {getattr(self, name)}")
+        if self.batch_window_s < 0:
+            raise ValueError("ServerSettings.batch_window_s must be >= 0")
+        if "*" in self.cors_origins and self.api_key:
+            # A wildcard origin together with a key would let any web site drive the server with a user's key.
+            raise ValueError("--cors-origin '*' cannot be combined with --api-key; list the allowed origins")
