@@ -113,7 +113,7 @@ class OutputParser:
         self._pending: int | None = None  # a stop token not yet known to be last
         self._emitted = ""
         # audio span state: "wait" (before sostm), "live", "ended"
-        self._state = "live" if audio_open is not False else "wait"
+        self._state = "live" if audio_open is True else "wait"
         self._held: list[torch.Tensor] = []  # audio=None: patches before any sostm
         self._held_ended = False
         self._patches: list[torch.Tensor] = []  # every patch released so far
