@@ -1,0 +1,365 @@
+"""The MiMo-Audio tokenizer (SPEC §2): waveform <-> RVQ codes at 25 Hz, plus streaming decode.
+
+>>> codec = AudioTokenizer.from_pretrained("XiaomiMiMo/MiMo-Audio-Tokenizer")      # doctest: +SKIP
+>>> codes = codec.encode(wav, sample_rate=16000)      # LongTensor (frames, 8)     # doctest: +SKIP
+>>> wav24 = codec.decode(codes)                       # FloatTensor (frames * 960,) # doctest: +SKIP
+
+Length arithmetic (released config, SPEC §11): ``N`` samples -> ``1 + N // 240`` mel frames ``F`` ->
+``ceil(F / 2)`` encoder frames -> ``ceil(ceil(F / 2) / 2)`` codes; decoding returns 960 samples per code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import checkpoint
+from .audio import load_audio, log_mel
+from .codec_modules import Decoder, Encoder, ResidualVQ, Vocoder
+from .config import TokenizerConfig
+from .errors import AudioInputError
+
+SEGMENT_FRAMES = 6000  # mel frames per encoding segment (60 s; SPEC §1.3)
+GROUP_FRAMES = 256_000  # summed mel frames per reference batch (SPEC §1.3)
+DECODE_WINDOW = 1500  # code frames per window of the reference's final decode (SPEC §10.1 item 5)
+
+# released key -> our parameter name; first full match wins (SPEC §2.8)
+KEY_TABLE: list[tuple[str, str]] = [
+    (r"encoder\.down_sample_layer\.0\.weight", r"encoder.down_sample.weight"),
+    (r"encoder\.quantizer\.vq\.layers\.(\d+)\._codebook\.embed", r"quantizer.codebooks.\1"),
+    (r"decoder\.vocoder\.head\.out\.(weight|bias)", r"vocoder.head_out.\1"),
+    (r"decoder\.vocoder\.head\.istft\.window", r"vocoder.window"),
+    (r"decoder\.vocoder\.(embeddings\.weight|layer_norm\.\w+|layers\.\d+\..+)", r"vocoder.\1"),
+    (r"encoder\.(conv[12]\.\w+|layer_norm\.\w+|down_sample_norm\.\w+|layers\.\d+\..+)", r"encoder.\1"),
+    (r"decoder\.(dconv[12]\.(conv|norm)\.\w+|layer_norm\.\w+|layers\.\d+\..+)", r"decoder.\1"),
+]
+OPTIONAL_KEYS = re.compile(r"encoder\.quantizer\.vq\.layers\.\d+\._codebook\.(embed_avg|cluster_size|inited)")
+_COMPILED = [(re.compile(p), r) for p, r in KEY_TABLE]
+
+
+def released_to_ours(key: str) -> str | None:
+    """Our parameter name for a released checkpoint key (``None`` for the optional EMA buffers / unknown keys)."""
+    for pattern, repl in _COMPILED:
+        if pattern.fullmatch(key):
+            return pattern.sub(repl, key)
+    return None
+
+
+def mel_frames(num_samples: int, hop: int = 240) -> int:
+    return 1 + num_samples // hop
+
+
+def code_frames(num_mel_frames: int, stride: int = 2, pool: int = 2) -> int:
+    enc = (num_mel_frames - 1) // stride + 1
+    return -(-enc // pool)
+
+
+class AudioTokenizer(nn.Module):
+    """Encoder + 20-layer RVQ + causal decoder + windowed vocoder with ISTFT head.
+
+    ``encode`` returns codes on the model's device; ``decode`` returns a float32 waveform on the model's
+    device. The RVQ codebooks and the ISTFT window stay float32 whatever the model dtype.
+    """
+
+    def __init__(self, config: TokenizerConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.quantizer = ResidualVQ(config.d_model, config.codebook_sizes)
+        self.decoder = Decoder(config)
+        self.vocoder = Vocoder(config)
+        self.sample_rate = config.sampling_rate
+        self.samples_per_code = config.samples_per_code
+        self.segment_frames = SEGMENT_FRAMES
+
+    # ----------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike = "XiaomiMiMo/MiMo-Audio-Tokenizer",
+                        device: str | torch.device | None = None,
+                        dtype: str | torch.dtype | None = None) -> AudioTokenizer:
+        """Load a released-format tokenizer (``config.json`` + safetensors) from a folder or a hub id.
+
+        ``dtype`` (default float32) applies to the networks; codebooks and the ISTFT window stay float32.
+        """
+        folder = checkpoint.resolve(path_or_hub_id)
+        config = TokenizerConfig.from_file(Path(folder) / "config.json")
+        dev = checkpoint.parse_device(device)
+        dt = checkpoint.parse_dtype(dtype) or torch.float32
+        tensors = checkpoint.read_tensors(checkpoint.safetensors_files(Path(folder)))
+        with torch.device("meta"):
+            model = cls(config)
+        keep = lambda name: name.startswith("quantizer.") or name == "vocoder.window"
+        checkpoint.load_into(model, tensors, rename=released_to_ours, optional=lambda k: bool(OPTIONAL_KEYS.fullmatch(k)),
+                             dtype=dt, device=dev, keep_dtype=keep, source=str(folder))
+        return model._finalize()
+
+    def _finalize(self) -> AudioTokenizer:
+        for p in self.quantizer.codebooks:
+            p.data = p.data.float()
+        self.vocoder.window = self.vocoder.window.float()
+        self.requires_grad_(False)
+        return self.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return self.vocoder.head_out.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vocoder.head_out.weight.dtype
+
+    def to_dtype(self, dtype) -> AudioTokenizer:
+        """Cast the networks to ``dtype`` keeping codebooks and the ISTFT window in float32."""
+        self.to(checkpoint.parse_dtype(dtype))
+        return self._finalize()
+
+    # ----------------------------------------------------------------------------------------- encode
+    def encode(self, audio, sample_rate: int = 24000, num_quantizers: int = 8, *,
+               progress: Callable[[int, int], None] | None = None):
+        """Waveform -> codes ``(frames, num_quantizers)`` int64.
+
+        ``audio``: a 1-D array/tensor at ``sample_rate`` (resampled to 24 kHz if different), a file path,
+        or a list of those (encoded as one batch; returns a list). Each clip's codes equal what encoding it
+        alone gives.
+        """
+        single = not isinstance(audio, list)
+        clips = [audio] if single else audio
+        if not clips:
+            return []
+        mels = []
+        for clip in clips:
+            if isinstance(clip, (str, os.PathLike, bytes)):
+                wav = load_audio(clip, target_rate=self.sample_rate, max_seconds=self.config.max_audio_seconds)
+            else:
+                wav = load_audio(clip, sample_rate=sample_rate, target_rate=self.sample_rate,
+                                 max_seconds=self.config.max_audio_seconds)
+            mels.append(log_mel(wav.to(self.device), self.config))
+        codes = self.encode_mel(mels, num_quantizers, progress=progress)
+        return codes[0] if single else codes
+
+    @torch.inference_mode()
+    def encode_mel(self, mel, num_quantizers: int = 8, *, progress: Callable[[int, int], None] | None = None):
+        """Log-mel ``(frames, n_mels)`` (or a list of them) -> codes ``(codes, num_quantizers)`` (or a list).
+
+        Long input is cut into 6000-frame segments that run as the reference's zero-padded batches (the
+        padding artefacts of SPEC §2.4 are reproduced per clip, so results do not depend on batch mates).
+        """
+        single = isinstance(mel, torch.Tensor)
+        mels = [mel] if single else list(mel)
+        n_q = self._check_nq(num_quantizers)
+        segs, owner, ref_max = [], [], []
+        for ci, m in enumerate(mels):
+            if m.ndim != 2 or m.shape[-1] != self.config.n_mels or m.shape[0] < 1:
+                raise AudioInputError(f"mel must be (frames, {self.config.n_mels}), got {tuple(m.shape)}")
+            pieces = list(torch.split(m, self.segment_frames, dim=0))
+            # the reference groups segments greedily into batches of <= GROUP_FRAMES summed frames
+            group, total = [], 0
+            for p in pieces:
+                if group and total + p.shape[0] > GROUP_FRAMES:
+                    ref_max += [max(g.shape[0] for g in group)] * len(group)
+                    group, total = [], 0
+                group.append(p)
+                total += p.shape[0]
+            ref_max += [max(g.shape[0] for g in group)] * len(group)
+            segs += pieces
+            owner += [ci] * len(pieces)
+        out_segments: list[torch.Tensor] = [None] * len(segs)  # type: ignore[list-item]
+        batches, cur, cur_frames = [], [], 0
+        for i, s in enumerate(segs):  # micro-batches bound memory; results do not depend on them
+            if cur and cur_frames + s.shape[0] > GROUP_FRAMES:
+                batches.append(cur)
+                cur, cur_frames = [], 0
+            cur.append(i)
+            cur_frames += s.shape[0]
+        batches.append(cur)
+        done = 0
+        for b in batches:
+            codes = self._encode_batch([segs[i] for i in b], [ref_max[i] for i in b], n_q)
+            for i, c in zip(b, codes):
+                out_segments[i] = c
+            done += len(b)
+            if progress is not None:
+                progress(done, len(segs))
+        result = [torch.cat([c for c, o in zip(out_segments, owner) if o == ci]) for ci in range(len(mels))]
+        return result[0] if single else result
+
+    def _encode_batch(self, segs: list[torch.Tensor], ref_max: list[int], n_q: int) -> list[torch.Tensor]:
+        dev, dt = self.device, self.dtype
+        lengths = torch.tensor([s.shape[0] for s in segs], device=dev)
+        f_max = int(lengths.max())
+        x = torch.zeros(len(segs), self.config.n_mels, f_max + 1, device=dev, dtype=dt)
+        for i, s in enumerate(segs):
+            x[i, :, : s.shape[0]] = s.to(device=dev, dtype=dt).t()
+        hidden, code_len = self.encoder(x, lengths, torch.tensor(ref_max, device=dev))
+        valid = torch.arange(hidden.shape[1], device=dev)[None, :] < code_len[:, None]
+        codes = self.quantizer.encode(hidden[valid], n_q)
+        return list(torch.split(codes, code_len.tolist()))
+
+    def _check_nq(self, n) -> int:
+        total = len(self.quantizer.sizes)
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= int(n) <= total:
+            raise AudioInputError(f"num_quantizers must be an integer in 1..{total}, got {n!r}")
+        return int(n)
+
+    # ----------------------------------------------------------------------------------------- decode
+    def _check_codes(self, codes, num_quantizers: int | None, *, allow_empty: bool = False) -> torch.Tensor:
+        if isinstance(codes, np.ndarray):
+            codes = torch.from_numpy(codes)
+        if not isinstance(codes, torch.Tensor):
+            raise AudioInputError(f"codes must be a (frames, n_q) integer tensor, got {type(codes).__name__}")
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise AudioInputError(f"codes must be integers, got dtype {codes.dtype}")
+        if codes.ndim != 2 or codes.shape[1] < 1:
+            raise AudioInputError(f"codes must have shape (frames, n_q), got {tuple(codes.shape)}")
+        total = len(self.quantizer.sizes)
+        n = codes.shape[1] if num_quantizers is None else self._check_nq(num_quantizers)
+        if n > codes.shape[1]:
+            raise AudioInputError(f"asked for {n} codebooks but the codes have only {codes.shape[1]} columns")
+        if n > total:
+            raise AudioInputError(f"codes have {n} columns but the tokenizer has {total} codebooks; pass num_quantizers=")
+        if codes.shape[0] == 0 and not allow_empty:
+            raise AudioInputError("codes hold no frames; nothing to decode")
+        codes = codes[:, :n].to(device=self.device, dtype=torch.long)
+        if codes.numel():
+            sizes = torch.tensor(self.quantizer.sizes[:n], device=codes.device)
+            bad = (codes < 0) | (codes >= sizes[None, :])
+            if bool(bad.any()):
+                f, col = (int(v) for v in bad.nonzero()[0])
+                raise AudioInputError(
+                    f"code {int(codes[f, col])} at frame {f}, codebook {col} is outside 0..{self.quantizer.sizes[col] - 1}"
+                )
+        return codes
+
+    @torch.inference_mode()
+    def decode_hidden(self, hidden: torch.Tensor, progress=None) -> torch.Tensor:
+        """RVQ-decoded hidden ``(T, d)`` float32 -> waveform ``(T * samples_per_code,)`` float32."""
+        mel = self.decoder(hidden[None].to(self.dtype), progress=progress)
+        return self.vocoder(mel, progress=progress)[0]
+
+    def decode(self, codes, *, windowed: bool = False, window: int | None = None,
+               num_quantizers: int | None = None, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Codes ``(frames, n_q)`` -> float32 waveform ``(frames * samples_per_code,)`` at 24 kHz.
+
+        The whole sequence is decoded at once by default. ``windowed=True`` (or ``window=N``) reproduces the
+        reference, which decodes independent windows of 1500 (N) frames and concatenates them. The first
+        ``num_quantizers`` columns are used (default: all columns).
+        """
+        codes = self._check_codes(codes, num_quantizers)
+        if windowed and window is None:
+            window = DECODE_WINDOW
+        T = codes.shape[0]
+        step = T if not window else int(window)
+        if step < 1:
+            raise AudioInputError(f"window must be a positive number of frames, got {window!r}")
+        spans = [(s, min(T, s + step)) for s in range(0, T, step)]
+        per_span = len(self.decoder.layers) + len(self.vocoder.layers)
+        total, done = per_span * len(spans), [0]
+
+        def tick():
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+
+        with torch.inference_mode():
+            pieces = [self.decode_hidden(self.quantizer.decode(codes[a:b]), progress=tick) for a, b in spans]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def stream_decode(self, chunks: Iterable, left_context: int = 250, lookahead: int = 40, *,
+                      num_quantizers: int | None = None) -> Iterator[torch.Tensor]:
+        """Decode code chunks ``(frames_i, n_q)`` as they arrive; yields float32 waveform pieces.
+
+        Semantics of the reference's ``streaming_decode`` (SPEC §2.7) for one stream: each chunk is decoded
+        together with up to ``left_context`` cached frames; the audio of the last ``lookahead`` frames is held
+        back until more context arrives. The state belongs to this call. When ``chunks`` is a sequence its last
+        chunk is decoded as the reference's ``last_chunk`` (one piece); for any other iterable the held-back
+        tail is flushed as one extra piece when it ends (same samples in total).
+        """
+        for name, v in (("left_context", left_context), ("lookahead", lookahead)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise AudioInputError(f"{name} must be a non-negative integer, got {v!r}")
+        if left_context < lookahead:
+            raise AudioInputError(f"left_context ({left_context}) must be at least lookahead ({lookahead})")
+        count = len(chunks) if isinstance(chunks, Sequence) and not isinstance(chunks, (torch.Tensor, str)) else None
+        fpt = self.samples_per_code
+        cache, processed = None, 0
+        held, held_from = None, 0  # last decoded waveform and where its unsent part starts (frames)
+        for index, chunk in enumerate(chunks):
+            c = self._check_codes(chunk, num_quantizers, allow_empty=True)
+            if c.shape[0] == 0:
+                continue
+            with torch.inference_mode():
+                h = self.quantizer.decode(c)
+                if cache is not None:
+                    h = torch.cat([cache, h])
+                wav = self.decode_hidden(h)
+            n, start = h.shape[0], processed
+            if count is not None and index == count - 1:
+                yield wav[start * fpt:]
+                return
+            if n <= lookahead:
+                cache, processed, held, held_from = h, 0, wav, start
+                continue
+            end = n - lookahead
+            yield wav[start * fpt: end * fpt]
+            held, held_from = wav, end
+            cache, processed = h, end
+            if n > left_context:
+                cache, processed = h[n - left_context:], end - (n - left_context)
+        if held is not None and held.shape[0] > held_from * fpt:
+            yield held[held_from * fpt:]
+
+
+def random_tokenizer(config: TokenizerConfig | dict, *, seed: int = 0, dtype=None, device=None) -> AudioTokenizer:
+    """A randomly initialised tokenizer of the given config (benchmarks, tests); not a trained model."""
+    if isinstance(config, dict):
+        config = TokenizerConfig.from_dict(config)
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        with torch.device(checkpoint.parse_device(device or "cpu")):
+            model = AudioTokenizer(config)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    if dtype is not None:
+        model.to(checkpoint.parse_dtype(dtype))
+    return model._finalize()
+
+
+def load_codes(path: str | os.PathLike) -> tuple[torch.Tensor, dict]:
+    """Read codes written by ``mimo-audio codec encode`` (safetensors key ``codes``) and their metadata."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if "codes" not in f.keys():  # noqa: SIM118
+                raise AudioInputError(f"{path}: no 'codes' tensor in this safetensors file")
+            return f.get_tensor("codes"), dict(f.metadata() or {})
+    except (SafetensorError, OSError) as exc:
+        raise AudioInputError(f"{path}: cannot read codes ({exc})") from None
+
+
+def save_codes(path: str | os.PathLike, codes: torch.Tensor, sample_rate: int = 24000, **meta) -> Path:
+    """Write codes ``(frames, n_q)`` under key ``codes`` with metadata, atomically."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    path = Path(os.fspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent if str(path.parent) else ".")
+    os.close(fd)
+    try:
+        metadata = {"sample_rate": str(sample_rate), **{k: str(v) for k, v in meta.items()}}
+        save_file({"codes": codes.detach().cpu().to(torch.int64).contiguous()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
