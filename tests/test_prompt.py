@@ -435,3 +435,15 @@ def test_split_thinking():
     assert split_thinking("<think>\n\n</think>\nA dog barks.") == ("", "A dog barks.")
     assert split_thinking("<think>\nhmm\n</think>\n\nYes") == ("hmm", "Yes")
     assert split_thinking("plain") == (None, "plain")
+
+
+def test_docstring_examples():
+    import doctest
+
+    import mimo_audio.output
+    import mimo_audio.prompt
+
+    for mod in (mimo_audio.prompt, mimo_audio.output):
+        result = doctest.testmod(mod)
+        assert result.failed == 0, mod.__name__
+    assert doctest.testmod(mimo_audio.prompt).attempted >= 2
