@@ -1,0 +1,272 @@
+"""The generation engine (SPEC §5): batched, streaming, per-row configs; no task knowledge.
+
+    prefill -> [backbone step -> text sample -> (patch decoder) -> append -> stop checks] per group
+
+Prompts of different lengths are left-padded (attention masks, per-row RoPE positions), so every row writes
+the same cache column each step. Rows finish independently: a finished row keeps running masked and its
+outputs are ignored. One host sync per group (the sampled text tokens), which decides whether the patch
+decoder runs at all and which rows stop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import PromptError
+from .sampling import GREEDY, SamplingParams, params_tensors, sample
+from .stepper import Stepper
+
+__all__ = ["SamplingParams", "GenerationConfig", "PRESETS", "preset", "generate", "stream_generate",
+           "GenerationStream"]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Limits are counted in groups (one group = 4 frames = 160 ms of audio, or one text token)."""
+
+    text: SamplingParams = field(default_factory=lambda: PRESETS["default"][0])
+    local: SamplingParams = field(default_factory=lambda: PRESETS["default"][1])
+    max_new_tokens: int = 8192
+    min_new_tokens: int = 0
+    stop_ids: tuple[int, ...] = ()
+    banned_ids: tuple[int, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise PromptError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.min_new_tokens < 0:
+            raise PromptError(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
+
+
+_S = SamplingParams
+#: reference task samplers (SPEC §5.3, [R] values): name -> (text sampler, patch-decoder sampler)
+PRESETS: dict[str, tuple[SamplingParams, SamplingParams]] = {
+    "default": (_S(True, 0.6, 50, 0.95), _S(True, 0.9, 50, 0.95)),
+    "asr": (_S(False, 1.0, None, 1.0), _S(True, 0.9, None, 0.95)),
+    "tts": (_S(True, 0.6, None, 1.0), _S(True, 0.9, None, 0.95)),
+    "spoken_dialogue": (_S(True, 0.6, None, 0.95), _S(True, 0.9, None, 0.95)),
+    "audio_understanding": (_S(True, 0.3, None, 0.95), _S(True, 0.9, None, 0.95)),
+    "text_chat": (_S(True, 0.4, None, 0.95), _S(True, 0.9, None, 0.95)),
+    "in_context_learning_s2s": (_S(False), _S(True, 0.9, None, 0.95)),
+    "qa": (_S(False), _S(True, 0.9, None, 0.95)),
+}
+
+
+def preset(name: str, **overrides) -> GenerationConfig:
+    """A :class:`GenerationConfig` with the named task's samplers; ``overrides`` set any other field."""
+    if name not in PRESETS:
+        raise PromptError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    text, local = PRESETS[name]
+    return GenerationConfig(**{"text": text, "local": local, **overrides})
+
+
+def _configs(config, n: int) -> list[GenerationConfig]:
+    if config is None:
+        config = GenerationConfig()
+    if isinstance(config, str):
+        config = preset(config)
+    if isinstance(config, GenerationConfig):
+        return [config] * n
+    config = list(config)
+    if len(config) != n:
+        raise PromptError(f"{len(config)} generation configs for {n} prompts; pass one config or one per prompt")
+    return [preset(c) if isinstance(c, str) else c for c in config]
+
+
+def _check_prompts(lm, prompts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    c = lm.config
+    if isinstance(prompts, torch.Tensor):
+        prompts = [prompts]
+    if len(prompts) == 0:
+        raise PromptError("no prompts given")
+    out = []
+    for i, p in enumerate(prompts):
+        p = torch.as_tensor(p)
+        if p.dim() != 2 or p.shape[0] != c.audio_channels + 1 or p.shape[1] == 0 or p.shape[1] % c.group_size:
+            raise PromptError(f"prompt {i} has shape {tuple(p.shape)}; expected ({c.audio_channels + 1}, 4*groups) "
+                              "with at least one group (build it with mimo_audio.prompt)")
+        text = p[0, :: c.group_size]
+        if bool(((text < 0) | (text >= c.vocab_size)).any()):
+            raise PromptError(f"prompt {i} has text ids outside [0, {c.vocab_size}) in the first column of a group")
+        out.append(p.to(device=lm.device, dtype=torch.long))
+    return out
+
+
+class GenerationStream:
+    """Iterator over generated groups: each step yields ``list[LongTensor (9, G) | None]`` (``None`` once a row
+    has finished). ``cancel(row)`` finishes a row at the next step. ``outputs()`` gives each row's generated
+    columns so far ``(9, 4 * groups)``."""
+
+    def __init__(self, lm, prompts, config=None, *, empty_id: int | None = None, greedy: bool = False):
+        self.lm = lm
+        self.empty_id = e = lm.resolve_empty_id(empty_id)
+        prompts = _check_prompts(lm, prompts)
+        cfgs = _configs(config, len(prompts))
+        c = lm.config
+        G, C = c.group_size, c.audio_channels
+        self.G, self.C, self.B = G, C, len(prompts)
+        lengths = [p.shape[1] // G for p in prompts]
+        cap = c.max_position_embeddings
+        self.max_new = []
+        for i, (n, cfg) in enumerate(zip(lengths, cfgs)):
+            if n >= cap:
+                raise PromptError(f"prompt {i} has {n} groups but the model's context is {cap} groups "
+                                  "(max_position_embeddings); shorten the prompt (less audio or history)")
+            self.max_new.append(min(cfg.max_new_tokens, cap - n))
+        self.min_new = [cfg.min_new_tokens for cfg in cfgs]
+        self.stop_ids = [frozenset(cfg.stop_ids) for cfg in cfgs]
+        N = max(lengths)
+        dev = lm.device
+        B = self.B
+        # left-padded batch grid and validity mask
+        empty_col = torch.tensor([0, *c.speech_zeroemb_idx], device=dev)
+        grid = empty_col[None, :, None].repeat(B, 1, N * G)
+        valid = torch.zeros(B, N, dtype=torch.bool, device=dev)
+        for b, p in enumerate(prompts):
+            grid[b, :, (N - lengths[b]) * G:] = p
+            valid[b, N - lengths[b]:] = True
+        self.st = Stepper(lm, B, N + max(self.max_new), e)
+        self.out = torch.zeros(B, C + 1, G * max(self.max_new), dtype=torch.long, device=dev)
+        self.count = [0] * B
+        self.done = [False] * B
+        self._cancel: set[int] = set()
+        # samplers
+        V = c.vocab_size
+        text_p = [GREEDY if greedy else cfg.text for cfg in cfgs]
+        local_p = [GREEDY if greedy else cfg.local for cfg in cfgs]
+        self.text_greedy = all(not p.do_sample for p in text_p) and all(
+            (p.top_p in (None, 1.0)) for p in text_p)
+        self.local_greedy = all(not p.do_sample for p in local_p) and all(
+            (p.top_p in (None, 1.0)) for p in local_p)
+        self.tp, self.lp = params_tensors(text_p, dev), params_tensors(local_p, dev)
+        self.any_sampling = any(p.do_sample for p in text_p + local_p)
+        ban = torch.zeros(B, V, dtype=torch.float32, device=dev)
+        ban_stop = torch.zeros(B, V, dtype=torch.float32, device=dev)
+        for b, cfg in enumerate(cfgs):
+            for ids, target in ((cfg.banned_ids, (ban, ban_stop)), (cfg.stop_ids, (ban_stop,))):
+                idx = [i for i in ids if 0 <= i < V]
+                for t in target:
+                    t[b, idx] = float("-inf")
+        self.ban, self.ban_stop = ban, ban_stop
+        self.gate = torch.zeros(B, 1, dtype=torch.bool, device=dev)  # True: still below min_new (stop ids banned)
+        self._gate_host: list[bool] | None = None
+        self.gens = None
+        if self.any_sampling:
+            seeds = [cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, ())) for cfg in cfgs]
+            gdev = dev if dev.type != "cpu" else "cpu"
+            self.gens = [torch.Generator(device=gdev).manual_seed(s) for s in seeds]
+            self.u = torch.zeros(B, 1 + self.st.S * C, device=dev)
+            self.u_rows = [self.u[b] for b in range(B)]
+        self.h = self.st.prefill(grid, valid)
+        self._greedy_pick = lambda p, lg: lg.argmax(-1)
+
+    # -------------------------------------------------------------------------------- controls
+    def cancel(self, row: int) -> None:
+        if not 0 <= row < self.B:
+            raise IndexError(f"row {row} is not in this batch of {self.B}")
+        self._cancel.add(row)
+
+    @property
+    def finished(self) -> bool:
+        return all(self.done)
+
+    def outputs(self) -> list[torch.Tensor]:
+        return [self.out[b, :, : self.G * self.count[b]] for b in range(self.B)]
+
+    # -------------------------------------------------------------------------------- one group
+    def _text_ban(self) -> torch.Tensor:
+        below = [not self.done[b] and self.count[b] < self.min_new[b] for b in range(self.B)]
+        if not any(below):
+            return self.ban
+        if all(below):
+            return self.ban_stop
+        if below != self._gate_host:
+            self.gate.copy_(torch.tensor(below, device=self.gate.device)[:, None])
+            self._gate_host = below
+        return torch.where(self.gate, self.ban_stop, self.ban)
+
+    def _local_pick(self, p, logits):
+        u = None if self.gens is None else self.u[:, 1 + p * self.C: 1 + p * self.C + logits.shape[1]]
+        lp = self.lp
+        return sample(logits, temperature=lp["temperature"], top_k=lp["top_k"], top_p=lp["top_p"],
+                      do_sample=lp["do_sample"], uniforms=u)
+
+    def step(self) -> list[torch.Tensor | None]:
+        """Generate one group for every unfinished row."""
+        for r in self._cancel:
+            self.done[r] = True
+        self._cancel.clear()
+        if self.finished:
+            raise StopIteration
+        lm, st = self.lm, self.st
+        if self.gens is not None:
+            for g, row in zip(self.gens, self.u_rows):
+                row.uniform_(generator=g)
+        with torch.no_grad():
+            logits = lm.lm_head(self.h).float()
+            ban = self._text_ban()
+            if self.text_greedy:
+                tok = (logits + ban).argmax(-1)
+            else:
+                tp = self.tp
+                tok = sample(logits, temperature=tp["temperature"], top_k=tp["top_k"], top_p=tp["top_p"],
+                             do_sample=tp["do_sample"], ban=ban, uniforms=self.u[:, 0] if self.gens else None)
+            host = tok.tolist()  # the one host sync of this group
+            speech_rows = [t == self.empty_id and not self.done[b] for b, t in enumerate(host)]
+            codes = None
+            if any(speech_rows):
+                first = lm.hidden_downcast(self.h)
+                pick = self._greedy_pick if self.local_greedy else self._local_pick
+                codes = st.decode_patch(first, pick)
+                codes = torch.where((tok == self.empty_id)[:, None, None], codes, st.empty_codes)
+            group = torch.empty(self.B, self.C + 1, self.G, dtype=torch.long, device=self.out.device)
+            group[:, 0] = tok[:, None]
+            group[:, 1:] = st.empty_codes[:, None] if codes is None else codes.transpose(1, 2)
+            results: list[torch.Tensor | None] = []
+            for b in range(self.B):
+                if self.done[b]:
+                    results.append(None)
+                    continue
+                n = self.count[b]
+                self.out[b, :, n * self.G: (n + 1) * self.G] = group[b]
+                self.count[b] = n + 1
+                results.append(group[b])
+                if (host[b] in self.stop_ids[b] and n + 1 >= self.min_new[b]) or n + 1 >= self.max_new[b]:
+                    self.done[b] = True
+            if not self.finished:
+                self.h = st.step(st.group_embedding(tok, codes))
+        return results
+
+    def __iter__(self) -> Iterator[list[torch.Tensor | None]]:
+        return self
+
+    def __next__(self) -> list[torch.Tensor | None]:
+        return self.step()
+
+
+def stream_generate(lm, prompts, config=None, *, empty_id: int | None = None, greedy: bool = False) -> GenerationStream:
+    """Streaming form of :func:`generate`: iterate to get each new group per row as it is made."""
+    return GenerationStream(lm, prompts, config, empty_id=empty_id, greedy=greedy)
+
+
+def generate(lm, prompts, config=None, *, empty_id: int | None = None, greedy: bool = False) -> list[torch.Tensor]:
+    """Generate for a batch of prompt grids ``(9, 4 * groups)`` (different lengths allowed).
+
+    ``config``: a :class:`GenerationConfig`, a preset name, or one per prompt. ``greedy`` forces argmax for both
+    samplers. Returns per prompt the generated columns ``(9, 4 * new_groups)``, stop group included; row 0
+    repeats each group's text token in its 4 columns (SPEC §4.2).
+    """
+    stream = GenerationStream(lm, prompts, config, empty_id=empty_id, greedy=greedy)
+    while not stream.finished:
+        stream.step()
+    return [o.clone() for o in stream.outputs()]
+
+
+def replace(config: GenerationConfig, **changes) -> GenerationConfig:
+    """``dataclasses.replace`` for configs (convenience)."""
+    return dataclasses.replace(config, **changes)
