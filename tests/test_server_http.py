@@ -1,0 +1,445 @@
+"""HTTP-layer tests of the server against a fake backend (shapes, limits, auth, batching, cancellation).
+
+The fake has the pipeline's batch-core interface (see server_helpers.FakeBackend); the same routes are run
+against the real MimoAudio with the fixture's models in test_server_live.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mimo_audio.server import ServerSettings, create_app
+from mimo_audio.server.media import split_at_silences
+from server_helpers import FakeBackend, LiveServer, wav_bytes
+
+MODEL = "mimo-audio"
+
+
+@pytest.fixture(scope="module")
+def fake():
+    return FakeBackend()
+
+
+@pytest.fixture(scope="module")
+def server(fake):
+    with LiveServer(create_app(fake, ServerSettings(max_upload_bytes=2_000_000, max_audio_seconds=120,
+                                                    max_new_tokens=64))) as srv:
+        yield srv
+
+
+@pytest.fixture()
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def assert_openai_error(resp, status, param=None):
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["message"]
+    if param is not None:
+        assert body["error"]["param"] == param
+    return body["error"]
+
+
+def sse_events(text: str) -> list:
+    out = []
+    for block in text.split("\n\n"):
+        for line in block.splitlines():
+            if line.startswith("data: "):
+                data = line[6:]
+                out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- basics
+def test_health_models_ready_metrics(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json()["status"] == "ready"
+    models = client.get("/v1/models").json()
+    assert models["object"] == "list" and [m["id"] for m in models["data"]] == [MODEL]
+    assert client.get(f"/v1/models/{MODEL}").json()["id"] == MODEL
+    assert_openai_error(client.get("/v1/models/gpt-4"), 404, "model")
+    metrics = client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert "# TYPE mimo_audio_batch_size histogram" in metrics.text
+    assert 'mimo_audio_http_requests_total{route="/health",method="GET",status="200"}' in metrics.text
+
+
+def test_page_is_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "/static/app.js" in page.text
+    assert client.get("/static/app.js").status_code == 200
+    assert_openai_error(client.get("/static/../pyproject.toml"), 404)
+
+
+def test_errors_have_openai_shape(client):
+    assert_openai_error(client.get("/nope"), 404)
+    assert_openai_error(client.get("/v1/chat/completions"), 405)
+    err = assert_openai_error(client.post("/v1/chat/completions", content=b"{not json",
+                                          headers={"content-type": "application/json"}), 400)
+    assert "JSON" in err["message"]
+    assert_openai_error(client.post("/v1/chat/completions", json={"model": MODEL}), 400, "messages")
+    assert_openai_error(client.post("/v1/audio/speech", json={"model": MODEL, "input": "x", "seed": -1}), 400,
+                        "seed")
+    assert_openai_error(client.post("/v1/audio/speech", json={"model": "tts-1", "input": "x"}), 404, "model")
+
+
+# ------------------------------------------------------------------------------------------- speech
+@pytest.mark.parametrize("fmt", ["wav", "flac", "pcm"])
+def test_speech_formats(client, fmt):
+    resp = client.post("/v1/audio/speech", json={"model": MODEL, "input": "Hello there", "response_format": fmt,
+                                                 "max_new_tokens": 4})
+    assert resp.status_code == 200, resp.text
+    if fmt == "pcm":
+        assert resp.headers["content-type"] == "audio/pcm"
+        assert len(resp.content) == 4 * 960 * 2  # 4 steps of 960 samples, int16
+    else:
+        wav, rate = sf.read(io.BytesIO(resp.content))
+        assert rate == 24000 and len(wav) == 4 * 960
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "opus", "aac"])
+def test_speech_unsupported_formats(client, fmt):
+    err = assert_openai_error(client.post("/v1/audio/speech", json={"model": MODEL, "input": "x",
+                                                                    "response_format": fmt}), 400,
+                              "response_format")
+    assert "wav" in err["message"] and fmt in err["message"]
+
+
+def test_speech_streams(client):
+    chunks = []
+    with client.stream("POST", "/v1/audio/speech", json={"model": MODEL, "input": "Hi", "stream_format": "audio",
+                                                          "response_format": "pcm", "max_new_tokens": 3}) as r:
+        assert r.status_code == 200
+        assert "content-length" not in r.headers
+        chunks = list(r.iter_bytes())
+    assert sum(map(len, chunks)) == 3 * 960 * 2
+    resp = client.post("/v1/audio/speech", json={"model": MODEL, "input": "Hi", "stream_format": "sse",
+                                                 "response_format": "wav", "max_new_tokens": 3})
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(resp.text)
+    assert [e["type"] for e in events] == ["speech.audio.delta"] * 3 + ["speech.audio.done"]
+    data = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    assert data[:4] == b"RIFF" and len(data) == 44 + 3 * 960 * 2
+    assert events[-1]["usage"]["output_tokens"] == 3
+
+
+def test_speech_reference_voice_and_instructions(client, fake):
+    ref = "data:audio/wav;base64," + base64.b64encode(wav_bytes(1.0, 16000)).decode()
+    resp = client.post("/v1/audio/speech", json={"model": MODEL, "input": "Hi", "instructions": "whisper",
+                                                 "ref_audio": ref, "seed": 3, "max_new_tokens": 2})
+    assert resp.status_code == 200
+    task, kw = fake.prepared[-1]
+    assert task == "speak" and kw["instruct"] == "whisper" and kw["seed"] == 3 and kw["max_new_tokens"] == 2
+    samples, rate = kw["voice"]
+    assert rate == 16000 and len(samples) == 16000
+
+
+def test_path_like_inputs_are_never_opened(client, fake, tmp_path):
+    # A real, valid wav on disk: if the server ever opened a path from a request, these would succeed.
+    path = tmp_path / "voice.wav"
+    path.write_bytes(wav_bytes(1.0))
+    before = len(fake.prepared)
+    for value in (str(path), "file://" + str(path), "/etc/passwd", "../../etc/passwd", "http://127.0.0.1/x.wav"):
+        assert_openai_error(client.post("/v1/audio/speech", json={"model": MODEL, "input": "x",
+                                                                  "ref_audio": value}), 400)
+        part = {"type": "input_audio", "input_audio": {"data": value, "format": "wav"}}
+        assert_openai_error(client.post("/v1/chat/completions", json={
+            "model": MODEL, "messages": [{"role": "user", "content": [part]}]}), 400)
+        url_part = {"type": "audio_url", "audio_url": {"url": value}}
+        assert_openai_error(client.post("/v1/chat/completions", json={
+            "model": MODEL, "messages": [{"role": "user", "content": [url_part]}]}), 400)
+    # a multipart filename with path components is ignored too (only the uploaded bytes count)
+    resp = client.post("/v1/audio/transcriptions", data={"model": MODEL},
+                       files={"file": (str(path), b"not audio", "audio/wav")})
+    assert_openai_error(resp, 400, "file")
+    assert len(fake.prepared) == before
+
+
+# ------------------------------------------------------------------------------------------- transcription
+def speech_like(seconds_list, rate=16000, gap=0.5):
+    """Tone bursts separated by `gap` s of silence; returns (samples, silence centres in seconds)."""
+    parts, centres, t = [], [], 0.0
+    for k, sec in enumerate(seconds_list):
+        n = int(sec * rate)
+        parts.append(0.3 * np.sin(2 * np.pi * 300 * np.arange(n) / rate))
+        t += sec
+        if k < len(seconds_list) - 1:
+            parts.append(np.zeros(int(gap * rate)))
+            centres.append(t + gap / 2)
+            t += gap
+    return np.concatenate(parts).astype(np.float32), centres
+
+
+def test_split_at_silences_cuts_in_silence():
+    rate = 16000
+    samples, centres = speech_like([12, 10, 14, 9], rate)
+    pieces = split_at_silences(samples, rate, 30.0)
+    assert pieces[0][0] == 0 and pieces[-1][1] == len(samples)
+    assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+    assert all(e - s <= 30 * rate for s, e in pieces)
+    for _, end in pieces[:-1]:
+        assert min(abs(end / rate - c) for c in centres) < 0.25, end / rate  # inside a 0.5 s silence
+    assert split_at_silences(samples[: 5 * rate], rate, 30.0) == [(0, 5 * rate)]
+
+
+def test_transcription_formats(client, fake):
+    rate = 16000
+    samples, centres = speech_like([12, 10, 14, 9], rate)
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format="FLAC")
+    data = buf.getvalue()
+    files = {"file": ("talk.flac", data, "audio/flac")}
+    j = client.post("/v1/audio/transcriptions", data={"model": MODEL, "max_new_tokens": 3}, files=files).json()
+    assert j["text"] == "w0 w1 w2 w0 w1 w2" and j["usage"]["seconds"] == pytest.approx(len(samples) / rate, abs=1e-3)
+    txt = client.post("/v1/audio/transcriptions", data={"model": MODEL, "response_format": "text",
+                                                        "max_new_tokens": 2}, files=files)
+    assert txt.text.strip() == "w0 w1 w0 w1"
+    vj = client.post("/v1/audio/transcriptions", data={"model": MODEL, "response_format": "verbose_json",
+                                                       "max_new_tokens": 2, "language": "en"}, files=files).json()
+    segs = vj["segments"]
+    assert len(segs) == 2 and segs[0]["start"] == 0 and segs[-1]["end"] == pytest.approx(len(samples) / rate, 1e-3)
+    assert min(abs(segs[0]["end"] - c) for c in centres) < 0.25
+    assert vj["language"] == "en" and vj["duration"] == pytest.approx(len(samples) / rate, abs=1e-3)
+    srt = client.post("/v1/audio/transcriptions", data={"model": MODEL, "response_format": "srt",
+                                                        "max_new_tokens": 1}, files=files).text
+    assert srt.startswith("1\n00:00:00,000 --> 00:00:") and "\n2\n" in srt
+    vtt = client.post("/v1/audio/transcriptions", data={"model": MODEL, "response_format": "vtt",
+                                                        "max_new_tokens": 1}, files=files).text
+    assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> ")
+    assert_openai_error(client.post("/v1/audio/transcriptions", files=files, data={
+        "model": MODEL, "response_format": "verbose_json", "timestamp_granularities[]": "word"}), 400)
+    assert_openai_error(client.post("/v1/audio/transcriptions", files=files, data={
+        "model": MODEL, "response_format": "xml"}), 400, "response_format")
+
+
+def test_transcription_stream_sends_increments(client):
+    files = {"file": ("a.wav", wav_bytes(2.0), "audio/wav")}
+    resp = client.post("/v1/audio/transcriptions", data={"model": MODEL, "stream": "true", "max_new_tokens": 4},
+                       files=files)
+    events = sse_events(resp.text)
+    deltas = [e["delta"] for e in events if e["type"] == "transcript.text.delta"]
+    assert len(deltas) == 4 and events[-1]["type"] == "transcript.text.done"
+    assert "".join(deltas) == events[-1]["text"] == "w0 w1 w2 w3"
+
+
+@pytest.mark.parametrize("data, code", [
+    (b"", 400), (b"garbage" * 10, 400), (wav_bytes(0.0), 400), (wav_bytes(0.05), 400),
+    (wav_bytes(121.0, 8000), 413),
+])
+def test_bad_uploads(client, data, code):
+    resp = client.post("/v1/audio/transcriptions", data={"model": MODEL}, files={"file": ("a.wav", data)})
+    assert_openai_error(resp, code)
+
+
+def test_non_finite_and_forged_rate(client):
+    buf = io.BytesIO()
+    sf.write(buf, np.array([0.0, np.nan, np.inf] * 2000, dtype=np.float32), 16000, format="WAV", subtype="FLOAT")
+    assert_openai_error(client.post("/v1/audio/transcriptions", data={"model": MODEL},
+                                    files={"file": ("a.wav", buf.getvalue())}), 400)
+    forged = bytearray(wav_bytes(1.0, 16000))
+    forged[24:28] = (1).to_bytes(4, "little")  # sample rate 1 Hz: 16000 frames would "last" 4.4 hours
+    assert_openai_error(client.post("/v1/audio/transcriptions", data={"model": MODEL},
+                                    files={"file": ("a.wav", bytes(forged))}), 400)
+
+
+# ------------------------------------------------------------------------------------------- chat
+def audio_part(seconds=1.0):
+    return {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav_bytes(seconds)).decode(),
+                                                   "format": "wav"}}
+
+
+def test_chat_text_and_audio(client, fake):
+    r = client.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 3,
+                                                  "messages": [{"role": "system", "content": "be brief"},
+                                                               {"role": "user", "content": "hi"}]}).json()
+    assert r["object"] == "chat.completion" and r["choices"][0]["message"]["content"] == "w0 w1 w2"
+    assert r["usage"]["completion_tokens"] == 3
+    task, kw = fake.prepared[-1]
+    assert task == "chat" and kw["reply"] == "text" and kw["messages"][0] == {"role": "system", "text": "be brief"}
+    r = client.post("/v1/chat/completions", json={
+        "model": MODEL, "max_new_tokens": 2, "modalities": ["text", "audio"], "audio": {"voice": "x", "format": "wav"},
+        "messages": [{"role": "user", "content": [audio_part(), {"type": "text", "text": "answer me"}]}]}).json()
+    msg = r["choices"][0]["message"]
+    wav, rate = sf.read(io.BytesIO(base64.b64decode(msg["audio"]["data"])))
+    assert rate == 24000 and len(wav) == 2 * 960 and msg["audio"]["transcript"] == "w0 w1"
+    # the next turn references the spoken reply by id: the backend gets its audio back
+    r2 = client.post("/v1/chat/completions", json={
+        "model": MODEL, "max_new_tokens": 2, "modalities": ["text", "audio"],
+        "messages": [{"role": "user", "content": [audio_part()]},
+                     {"role": "assistant", "audio": {"id": msg["audio"]["id"]}},
+                     {"role": "user", "content": [audio_part()]}]})
+    assert r2.status_code == 200
+    history = fake.prepared[-1][1]["messages"]
+    assert history[1]["text"] == "w0 w1" and len(history[1]["audio"][0]) == 2 * 960
+    assert_openai_error(client.post("/v1/chat/completions", json={"model": MODEL, "n": 2, "messages": [
+        {"role": "user", "content": "x"}]}), 400, "n")
+    assert_openai_error(client.post("/v1/chat/completions", json={"model": MODEL, "modalities": ["audio"],
+                                                                  "messages": [{"role": "user", "content": "x"}]}),
+                        400, "modalities")
+    assert_openai_error(client.post("/v1/chat/completions", json={"model": MODEL, "messages": [
+        {"role": "tool", "content": "x"}]}), 400)
+
+
+def test_chat_stream(client):
+    r = client.post("/v1/chat/completions", json={
+        "model": MODEL, "stream": True, "max_new_tokens": 3, "modalities": ["text", "audio"],
+        "audio": {"voice": "x", "format": "pcm16"}, "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": [audio_part()]}]})
+    events = sse_events(r.text)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    transcript = "".join(c["choices"][0]["delta"].get("audio", {}).get("transcript", "") for c in chunks
+                         if c["choices"])
+    audio = b"".join(base64.b64decode(c["choices"][0]["delta"]["audio"]["data"]) for c in chunks
+                     if c["choices"] and "data" in c["choices"][0]["delta"].get("audio", {}))
+    assert transcript == "w0 w1 w2" and len(audio) == 3 * 960 * 2
+    assert chunks[-1]["usage"]["completion_tokens"] == 3
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
+
+
+# ------------------------------------------------------------------------------------------- limits
+def test_body_limits(client, server):
+    big = b"x" * 2_100_000
+    assert_openai_error(client.post("/v1/audio/transcriptions", data={"model": MODEL},
+                                    files={"file": ("a.wav", big)}), 413)
+    assert_openai_error(client.post("/v1/audio/speech", content=b'{"model":"' + big + b'"}',
+                                    headers={"content-type": "application/json"}), 413)
+
+    def chunked():  # no Content-Length: counted while it streams in
+        for _ in range(30):
+            yield b"x" * 100_000
+
+    assert_openai_error(client.post("/v1/chat/completions", content=chunked(),
+                                    headers={"content-type": "application/json"}), 413)
+
+
+def test_text_and_token_limits(client):
+    assert_openai_error(client.post("/v1/audio/speech", json={"model": MODEL, "input": "a" * 4097}), 400, "input")
+    assert_openai_error(client.post("/v1/audio/speech", json={"model": MODEL, "input": "  "}), 400, "input")
+    assert_openai_error(client.post("/v1/audio/speech", json={"model": MODEL, "input": "x",
+                                                              "max_new_tokens": 65}), 400, "max_new_tokens")
+    assert_openai_error(client.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 10**6, "messages": [
+        {"role": "user", "content": "x"}]}), 400, "max_tokens")
+
+
+def test_auth_and_cors():
+    settings = ServerSettings(api_key="s3cret", cors_origins=("http://good.example",))
+    with LiveServer(create_app(FakeBackend(), settings)) as srv, httpx.Client(base_url=srv.url) as c:
+        assert c.get("/health").status_code == 200
+        assert c.get("/").status_code == 200  # the page is public; its API calls send the key
+        for path in ("/v1/models", "/metrics", "/ready", "/openapi.json", "/docs", "/nope"):
+            err = assert_openai_error(c.get(path), 401)
+            assert err["code"] == "invalid_api_key"
+        assert_openai_error(c.post("/v1/audio/speech", json={"model": MODEL, "input": "x"}), 401)
+        assert_openai_error(c.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401)
+        assert_openai_error(c.get("/v1/models", headers={"Authorization": "Basic s3cret"}), 401)
+        ok = c.get("/v1/models", headers={"Authorization": "Bearer s3cret", "Origin": "http://good.example"})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://good.example"
+        bad = c.get("/v1/models", headers={"Authorization": "Bearer s3cret", "Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in bad.headers
+        pre = c.options("/v1/audio/speech", headers={"Origin": "http://good.example",
+                                                     "Access-Control-Request-Method": "POST",
+                                                     "Access-Control-Request-Headers": "authorization,content-type"})
+        assert pre.status_code == 200
+    with pytest.raises(ValueError):
+        ServerSettings(api_key="k", cors_origins=("*",))
+
+
+def test_cors_off_by_default(client):
+    r = client.get("/v1/models", headers={"Origin": "http://any.example"})
+    assert "access-control-allow-origin" not in r.headers
+
+
+# ------------------------------------------------------------------------------------------- concurrency
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in metrics")
+
+
+def test_concurrent_requests_are_batched():
+    fake = FakeBackend(step_s=0.03)
+    settings = ServerSettings(max_batch=8, batch_window_s=0.2, queue_size=16)
+    with LiveServer(create_app(fake, settings)) as srv:
+        results = []
+
+        def one(i):
+            with httpx.Client(base_url=srv.url, timeout=30) as c:
+                r = c.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 4,
+                                                          "messages": [{"role": "user", "content": f"q{i}"}]})
+                results.append(r.status_code)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [200] * 6
+        text = httpx.get(srv.url + "/metrics").text
+        batches = _metric(text, "mimo_audio_batch_size_count")
+        assert _metric(text, "mimo_audio_batch_size_sum") == 6 and batches < 6  # some batch held > 1 request
+        assert max(fake.batches) > 1
+
+
+def test_queue_full_gives_429_with_retry_after():
+    fake = FakeBackend(step_s=0.2)
+    settings = ServerSettings(max_batch=1, batch_window_s=0.0, queue_size=1, retry_after_s=7)
+    with LiveServer(create_app(fake, settings)) as srv:
+        codes, retry = [], []
+
+        def one():
+            with httpx.Client(base_url=srv.url, timeout=30) as c:
+                r = c.post("/v1/audio/speech", json={"model": MODEL, "input": "x", "max_new_tokens": 3})
+                codes.append(r.status_code)
+                if r.status_code == 429:
+                    retry.append(r.headers.get("retry-after"))
+                    assert r.json()["error"]["type"] == "rate_limit_error"
+
+        threads = [threading.Thread(target=one) for _ in range(5)]
+        for t in threads:
+            t.start()
+            time.sleep(0.05)
+        for t in threads:
+            t.join()
+        assert 429 in codes and 200 in codes
+        assert set(retry) == {"7"}
+        assert _metric(httpx.get(srv.url + "/metrics").text,
+                       'mimo_audio_requests_rejected_total{reason="queue_full"}') >= 1
+
+
+def test_timeout_gives_504():
+    fake = FakeBackend(step_s=0.25)
+    with LiveServer(create_app(fake, ServerSettings(timeout_s=0.3))) as srv, httpx.Client(base_url=srv.url) as c:
+        err = assert_openai_error(c.post("/v1/audio/speech", json={"model": MODEL, "input": "x",
+                                                                   "max_new_tokens": 8}), 504)
+        assert err["code"] == "timeout"
+
+
+def test_client_disconnect_cancels_its_row():
+    fake = FakeBackend(step_s=0.1)
+    with LiveServer(create_app(fake, ServerSettings())) as srv:
+        with httpx.Client(base_url=srv.url, timeout=30) as c, c.stream(
+                "POST", "/v1/audio/speech", json={"model": MODEL, "input": "x", "stream_format": "sse",
+                                                  "max_new_tokens": 8}) as r:
+            next(r.iter_lines())  # the first delta arrived: generation is running
+        deadline = time.monotonic() + 5
+        while not fake.cancelled and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fake.cancelled == [0]
+        text = httpx.get(srv.url + "/metrics").text
+        assert _metric(text, 'mimo_audio_requests_cancelled_total{reason="client"}') == 1
