@@ -179,25 +179,28 @@ class AudioTokenizer(nn.Module):
             cur.append(i)
             cur_frames += s.shape[0]
         batches.append(cur)
-        done = 0
+        total, done = len(batches) * len(self.encoder.layers), [0]
+
+        def tick():
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+
         for b in batches:
-            codes = self._encode_batch([segs[i] for i in b], [ref_max[i] for i in b], n_q)
+            codes = self._encode_batch([segs[i] for i in b], [ref_max[i] for i in b], n_q, tick)
             for i, c in zip(b, codes):
                 out_segments[i] = c
-            done += len(b)
-            if progress is not None:
-                progress(done, len(segs))
         result = [torch.cat([c for c, o in zip(out_segments, owner) if o == ci]) for ci in range(len(mels))]
         return result[0] if single else result
 
-    def _encode_batch(self, segs: list[torch.Tensor], ref_max: list[int], n_q: int) -> list[torch.Tensor]:
+    def _encode_batch(self, segs: list[torch.Tensor], ref_max: list[int], n_q: int, tick=None) -> list[torch.Tensor]:
         dev, dt = self.device, self.dtype
         lengths = torch.tensor([s.shape[0] for s in segs], device=dev)
         f_max = int(lengths.max())
         x = torch.zeros(len(segs), self.config.n_mels, f_max + 1, device=dev, dtype=dt)
         for i, s in enumerate(segs):
             x[i, :, : s.shape[0]] = s.to(device=dev, dtype=dt).t()
-        hidden, code_len = self.encoder(x, lengths, torch.tensor(ref_max, device=dev))
+        hidden, code_len = self.encoder(x, lengths, torch.tensor(ref_max, device=dev), progress=tick)
         valid = torch.arange(hidden.shape[1], device=dev)[None, :] < code_len[:, None]
         codes = self.quantizer.encode(hidden[valid], n_q)
         return list(torch.split(codes, code_len.tolist()))

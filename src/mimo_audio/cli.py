@@ -1,0 +1,189 @@
+"""The ``mimo-audio`` command line.
+
+``main(argv)`` builds one parser with a subcommand per job. Each group of commands registers itself with a
+function ``add_<group>_commands(subparsers)`` that adds its parsers and sets ``func`` (``args -> exit code``)
+as a default; groups living in other modules are registered in :data:`REGISTRARS`.
+
+Errors the user can cause (:class:`~mimo_audio.errors.MimoAudioError`, ``OSError``) print one line,
+``mimo-audio: error: ...``, on stderr and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from .errors import AudioInputError, MimoAudioError
+
+TOKENIZER = "XiaomiMiMo/MiMo-Audio-Tokenizer"
+EXIT_ERROR = 2
+LONG_AUDIO_SECONDS = 30.0  # show a progress bar above this (and only when stderr is a terminal)
+
+# (module, function) of command groups defined elsewhere; a group whose module is absent is skipped
+REGISTRARS: list[tuple[str, str]] = [
+    ("mimo_audio.cli_tasks", "add_task_commands"),
+    ("mimo_audio.server.cli", "add_serve_command"),
+]
+
+
+# ============================================================================================ codec
+def _load_codec(args):
+    from .codec import AudioTokenizer
+
+    return AudioTokenizer.from_pretrained(args.tokenizer, device=args.device, dtype=args.dtype)
+
+
+def _progress(desc: str, seconds: float):
+    """A tqdm callback ``(done, total)`` for long audio when stderr is a terminal, else ``None``."""
+    if seconds <= LONG_AUDIO_SECONDS or not sys.stderr.isatty():
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, total=1, unit="step", file=sys.stderr, leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar.close
+
+
+def _encode_file(codec, path: str, num_quantizers: int):
+    from .audio import load_audio
+
+    wav = load_audio(path, target_rate=codec.sample_rate, max_seconds=codec.config.max_audio_seconds)
+    update, close = _progress("encoding", wav.shape[0] / codec.sample_rate)
+    try:
+        return codec.encode(wav, sample_rate=codec.sample_rate, num_quantizers=num_quantizers, progress=update)
+    finally:
+        close()
+
+
+def _decode_codes(codec, codes, window: int | None):
+    update, close = _progress("decoding", codes.shape[0] * codec.samples_per_code / codec.sample_rate)
+    try:
+        return codec.decode(codes, window=window, progress=update)
+    finally:
+        close()
+
+
+def _check_output(path: str, suffixes: tuple[str, ...]) -> None:
+    p = Path(path)
+    if p.suffix.lower() not in suffixes:
+        raise AudioInputError(f"{path}: output must end in {' or '.join(suffixes)}")
+    if p.parent != Path("") and not p.parent.is_dir():
+        raise AudioInputError(f"{path}: the folder {p.parent} does not exist")
+
+
+def cmd_codec_encode(args) -> int:
+    from .codec import save_codes
+
+    _check_output(args.output, (".safetensors",))
+    codec = _load_codec(args)
+    codes = _encode_file(codec, args.input, args.num_quantizers)
+    save_codes(args.output, codes, sample_rate=codec.sample_rate, frame_rate=codec.sample_rate / codec.samples_per_code,
+               source=Path(args.input).name)
+    print(f"{args.output}: {codes.shape[0]} frames x {codes.shape[1]} codebooks", file=sys.stderr)
+    return 0
+
+
+def cmd_codec_decode(args) -> int:
+    from .audio import save_audio
+    from .codec import load_codes
+
+    _check_output(args.output, (".wav", ".flac"))
+    codes, _meta = load_codes(args.input)
+    codec = _load_codec(args)
+    wav = _decode_codes(codec, codes[:, : args.num_quantizers] if args.num_quantizers else codes, args.window)
+    save_audio(args.output, wav.cpu(), codec.sample_rate)
+    print(f"{args.output}: {wav.shape[0] / codec.sample_rate:.2f} s at {codec.sample_rate} Hz", file=sys.stderr)
+    return 0
+
+
+def cmd_codec_roundtrip(args) -> int:
+    from .audio import save_audio
+
+    _check_output(args.output, (".wav", ".flac"))
+    codec = _load_codec(args)
+    codes = _encode_file(codec, args.input, args.num_quantizers)
+    wav = _decode_codes(codec, codes, args.window)
+    save_audio(args.output, wav.cpu(), codec.sample_rate)
+    print(f"{args.output}: {codes.shape[0]} frames x {codes.shape[1]} codebooks -> "
+          f"{wav.shape[0] / codec.sample_rate:.2f} s", file=sys.stderr)
+    return 0
+
+
+def add_codec_commands(subparsers) -> None:
+    """``mimo-audio codec encode|decode|roundtrip``."""
+    codec = subparsers.add_parser("codec", help="audio tokenizer: encode audio to codes, decode codes to audio",
+                                  description="Run the MiMo-Audio tokenizer alone (25 codes/s, 24 kHz output).")
+    sub = codec.add_subparsers(dest="codec_command", metavar="{encode,decode,roundtrip}", required=True)
+
+    def common(p: argparse.ArgumentParser, *, nq_default: int | None) -> None:
+        p.add_argument("--tokenizer", default=TOKENIZER, help=f"tokenizer hub id or folder (default: {TOKENIZER})")
+        p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+        p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+        p.add_argument("--num-quantizers", type=int, default=nq_default,
+                       help="RVQ codebooks to use, 1-20" + (f" (default: {nq_default})" if nq_default else
+                                                              " (default: all columns of the file)"))
+
+    p = sub.add_parser("encode", help="audio file -> codes (.safetensors, key 'codes', shape (frames, n_q))")
+    p.add_argument("input", help="audio file (wav, flac, ogg/opus, mp3; any rate and channel count)")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    common(p, nq_default=8)
+    p.set_defaults(func=cmd_codec_encode)
+
+    p = sub.add_parser("decode", help="codes (.safetensors) -> audio file at 24 kHz")
+    p.add_argument("input", help="codes written by `mimo-audio codec encode`")
+    p.add_argument("-o", "--output", required=True, help="output .wav or .flac file")
+    p.add_argument("--window", type=int, default=None,
+                   help="decode independent windows of this many frames (1500 reproduces the reference)")
+    common(p, nq_default=None)
+    p.set_defaults(func=cmd_codec_decode)
+
+    p = sub.add_parser("roundtrip", help="audio file -> codes -> audio file (hear what the tokenizer keeps)")
+    p.add_argument("input", help="audio file")
+    p.add_argument("-o", "--output", required=True, help="output .wav or .flac file")
+    p.add_argument("--window", type=int, default=None, help="decode in independent windows of this many frames")
+    common(p, nq_default=8)
+    p.set_defaults(func=cmd_codec_roundtrip)
+
+
+# ============================================================================================ main
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="mimo-audio", description="MiMo-Audio: audio tokenizer, audio LM, tasks, server.")
+    parser.add_argument("--version", action="version", version=f"mimo-audio {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_codec_commands(subparsers)
+    for module, name in REGISTRARS:
+        try:
+            register = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (MimoAudioError, OSError) as exc:
+        msg = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and getattr(exc, "filename", None):
+            msg = f"{exc.filename}: {exc.strerror or msg}"
+        print(f"mimo-audio: error: {' '.join(msg.split())}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("mimo-audio: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
