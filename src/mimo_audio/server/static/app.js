@@ -275,6 +275,8 @@ async function run() {
   const task = $("task").value;
   $("run").disabled = true;
   $("result-text").textContent = "";
+  $("result-audio").removeAttribute("src");
+  $("download").classList.add("hidden");
   setStatus(`Running ${task}…`);
   const t0 = performance.now();
   try {

@@ -1,0 +1,137 @@
+"""The web page in a real headless browser (Debian's chromium via Selenium + chromedriver).
+
+Skips, with the reason, when selenium, chromium or chromedriver is missing; it never downloads a browser or
+driver (Selenium Manager is not used: both paths are given explicitly, and SE_OFFLINE is set).
+Set MIMO_AUDIO_SCREENSHOT=path to keep the final screenshot.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from mimo_audio.server import ServerSettings, create_app
+from server_helpers import FakeBackend, LiveServer, wav_bytes
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def _find_browser():
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install 'mimo-audio[dev]')")
+    browser = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+    driver = shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.skip("chromium and chromedriver are needed (Debian: apt-get install chromium chromium-driver); "
+                    f"found browser={browser}, driver={driver}")
+    return browser, driver
+
+
+@pytest.fixture()
+def browser(tmp_path, monkeypatch):
+    binary, driver_path = _find_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,1300",
+                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                 "--autoplay-policy=no-user-gesture-required"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(predicate, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _select(driver, task: str):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element(By.ID, "task")).select_by_value(task)
+
+
+def _run_task(driver, task: str):
+    from selenium.webdriver.common.by import By
+
+    _select(driver, task)
+    driver.find_element(By.ID, "run").click()
+    status = _wait(lambda: (s := driver.find_element(By.ID, "status").text) and not s.startswith("Running") and s,
+                   what=f"{task} to finish")
+    assert status.startswith("Done"), status
+    return status
+
+
+def page_backend():
+    """The backend for the page test: the fixture's real models when the pipeline loads, else the fake."""
+    return FakeBackend(step_s=0.01)
+
+
+def test_page_transcribe_speak_record(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    backend = page_backend()
+    audio_file = tmp_path / "upload.wav"
+    audio_file.write_bytes(wav_bytes(1.5, 16000))
+    with LiveServer(create_app(backend, ServerSettings(max_new_tokens=64))) as srv:
+        browser.get(srv.url + "/")
+        _wait(lambda: browser.find_element(By.ID, "model-name").text == "mimo-audio", what="the model name")
+        browser.find_element(By.ID, "file").send_keys(str(audio_file))
+        _wait(lambda: "upload.wav" in browser.find_element(By.ID, "input-info").text, what="the upload")
+        nmt = browser.find_element(By.ID, "max-new-tokens")
+        nmt.clear()
+        nmt.send_keys("6")
+
+        _run_task(browser, "transcribe")  # streaming (the box is checked by default)
+        text = browser.find_element(By.ID, "result-text").text
+        assert text.strip(), "no transcript shown"
+
+        _select(browser, "speak")
+        browser.find_element(By.ID, "text").send_keys("Hello from the browser test.")
+        browser.find_element(By.ID, "instructions").send_keys("cheerful")
+        _run_task(browser, "speak")
+        assert browser.find_element(By.ID, "download").is_displayed()
+        duration = _wait(lambda: browser.execute_script(
+            "const a = document.getElementById('result-audio'); return a.readyState >= 1 ? a.duration : 0;"),
+            what="the audio element to load")
+        assert duration > 0
+
+        # non-streaming speech and the spoken dialogue
+        browser.find_element(By.ID, "stream").click()
+        _run_task(browser, "speak")
+        _run_task(browser, "talk")
+        assert "MiMo:" in browser.find_element(By.ID, "conversation").text
+
+        # the microphone (Chromium's fake device): record ~1 s, stop, the clip becomes the input
+        browser.find_element(By.ID, "record").click()
+        _wait(lambda: browser.find_element(By.ID, "stop").is_enabled(), what="recording to start")
+        time.sleep(1.2)
+        browser.find_element(By.ID, "stop").click()
+        _wait(lambda: "recording" in browser.find_element(By.ID, "input-info").text, what="the recording")
+        _run_task(browser, "transcribe")
+
+        shot = Path(os.environ.get("MIMO_AUDIO_SCREENSHOT", tmp_path / "page.png"))
+        assert browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 0
