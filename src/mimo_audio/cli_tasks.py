@@ -1,0 +1,382 @@
+"""The task commands of ``mimo-audio``: transcribe, speak, understand, chat, few-shot, continue, download.
+
+Registered on the main parser by :func:`add_task_commands` (called from :mod:`mimo_audio.cli`). Each command
+is thin over :class:`mimo_audio.pipeline.MimoAudio`; errors the user can cause (a bad file, an offline hub, a
+too-long prompt) print one line and exit non-zero, without a traceback. Output files are written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import MimoAudioError
+
+INSTRUCT = "XiaomiMiMo/MiMo-Audio-7B-Instruct"
+BASE = "XiaomiMiMo/MiMo-Audio-7B-Base"
+TOKENIZER = "XiaomiMiMo/MiMo-Audio-Tokenizer"
+
+EXIT_ERROR = 1
+
+
+# ============================================================================================ plumbing
+def _clean_errors(func):
+    """Run a command; a MimoAudioError/OSError becomes one line on stderr and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(args) -> int:
+        try:
+            return int(func(args) or 0)
+        except (MimoAudioError, OSError) as exc:
+            msg = str(exc) or type(exc).__name__
+            if isinstance(exc, OSError) and not isinstance(exc, MimoAudioError) and exc.filename:
+                msg = f"{exc.filename}: {exc.strerror or msg}"
+            print(f"mimo-audio {args.command}: error: {' '.join(msg.split())}", file=sys.stderr)
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            print(f"mimo-audio {args.command}: interrupted", file=sys.stderr)
+            return 130
+
+    return wrapper
+
+
+def _add_model_args(p: argparse.ArgumentParser, default_model: str) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=default_model, help=f"LM hub id or folder (default: {default_model})")
+    g.add_argument("--tokenizer", default=TOKENIZER, help=f"audio tokenizer hub id or folder (default: {TOKENIZER})")
+    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    g.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
+
+
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    g.add_argument("--max-new-tokens", type=int, default=None, help="limit on generated LM steps (1 step = 0.16 s of audio)")
+    g.add_argument("--temperature", type=float, default=None, help="text sampler temperature (task preset otherwise)")
+    g.add_argument("--top-k", type=int, default=None, help="text sampler top-k")
+    g.add_argument("--top-p", type=float, default=None, help="text sampler top-p")
+    g.add_argument("--greedy", action="store_true", help="deterministic decoding (argmax) for text and audio")
+    g.add_argument("--stream", action="store_true", help="print text as it is generated")
+    g.add_argument("--json", action="store_true", help="print one JSON object per result instead of plain text")
+
+
+def _add_output_arg(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("-o", "--output", default=default,
+                   help=f"where to write the speech (.wav or .flac; default: {default}); several results get -1, -2, ...")
+
+
+def _gen_kwargs(args) -> dict:
+    kw = {"seed": args.seed, "max_new_tokens": args.max_new_tokens}
+    for name in ("temperature", "top_k", "top_p"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    if args.greedy:
+        kw["greedy"] = True
+    return kw
+
+
+def _load(args):
+    from .pipeline import MimoAudio
+
+    return MimoAudio.from_pretrained(args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
+
+
+def _numbered(path: str, i: int, n: int) -> str:
+    if n == 1:
+        return path
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}-{i + 1}{p.suffix}"))
+
+
+def _check_output(path: str) -> None:
+    from .errors import AudioInputError
+
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".wav", ".flac"):
+        raise AudioInputError(f"-o {path}: unsupported output type {suffix or '(none)'!r}; use .wav or .flac")
+    folder = Path(path).expanduser().parent
+    if not folder.is_dir():
+        raise AudioInputError(f"-o {path}: the folder {folder} does not exist")
+
+
+def _emit(args, replies, *, sources=None, output: str | None = None) -> None:
+    """Print (and save) results: plain text, or one JSON object per line with --json."""
+    for i, reply in enumerate(replies):
+        saved = None
+        if output and reply.audio is not None:
+            saved = reply.save(_numbered(output, i, len(replies)))
+        if args.json:
+            obj = {"text": reply.text, "finish_reason": reply.finish_reason}
+            if sources is not None:
+                obj["input"] = sources[i]
+            if saved:
+                obj.update(audio=saved, sample_rate=reply.sample_rate, seconds=round(reply.duration, 3))
+            print(json.dumps(obj, ensure_ascii=False))
+        else:
+            if not getattr(args, "stream", False):
+                prefix = f"{sources[i]}\t" if sources is not None and len(replies) > 1 else ""
+                print(prefix + reply.text)
+            if saved:
+                print(f"wrote {saved} ({reply.duration:.2f} s)", file=sys.stderr)
+
+
+def _run(args, method: str, *pos, output: str | None = None, sources=None, **kw) -> None:
+    """Call ``mimo.<method>`` (or its stream twin with --stream) and print the results."""
+    mimo = _load(args)
+    kw.update(_gen_kwargs(args))
+    if getattr(args, "stream", False):
+        replies = {}
+        for piece in getattr(mimo, f"stream_{method}")(*pos, **kw):
+            if piece.text and not args.json:
+                print(piece.text, end="", flush=True)
+            if piece.done:
+                replies[piece.index] = piece.reply
+                if not args.json:
+                    print(flush=True)
+        result = [replies[i] for i in sorted(replies)]
+    else:
+        out = getattr(mimo, method)(*pos, **kw)
+        result = out if isinstance(out, list) else [out]
+    if method == "transcribe":  # transcribe returns strings
+        from .pipeline import Reply
+
+        result = [r if not isinstance(r, str) else Reply(text=r) for r in result]
+    _emit(args, result, sources=sources, output=output)
+
+
+# ============================================================================================ commands
+@_clean_errors
+def cmd_transcribe(args) -> int:
+    _run(args, "transcribe", args.audio if len(args.audio) > 1 else args.audio[0], sources=args.audio)
+    return 0
+
+
+@_clean_errors
+def cmd_speak(args) -> int:
+    _check_output(args.output)
+    texts = args.text
+    if args.file:
+        texts = [*texts, *(line.strip() for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip())]
+    if not texts:
+        from .errors import PromptError
+
+        raise PromptError("nothing to say: give the text as an argument or with --file")
+    _run(args, "speak", texts if len(texts) > 1 else texts[0], instruct=args.instruct, voice=args.voice,
+         natural=args.natural, output=args.output)
+    return 0
+
+
+@_clean_errors
+def cmd_understand(args) -> int:
+    audio = args.audio if len(args.audio) > 1 else args.audio[0]
+    _run(args, "understand", audio, args.question, thinking=args.thinking)
+    return 0
+
+
+@_clean_errors
+def cmd_few_shot(args) -> int:
+    _check_output(args.output)
+    examples = []
+    for item in args.example or []:
+        inp, out, transcript = item
+        examples.append({"input": inp, "output": out, "transcript": transcript})
+    if args.examples:
+        examples.extend(_read_examples(args.examples))
+    _run(args, "few_shot", examples, args.audio, instruction=args.instruction, output=args.output)
+    return 0
+
+
+def _read_examples(path: str) -> list[dict]:
+    """Examples from a JSON list or JSON-lines file; relative audio paths are relative to the file."""
+    from .errors import PromptError
+
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if text.lstrip().startswith("[") else [json.loads(s) for s in text.splitlines() if s.strip()]
+    except ValueError as exc:
+        raise PromptError(f"{path}: not JSON / JSON lines ({exc}); each example is "
+                          '{"input": "in.wav", "output": "out.wav", "transcript": "..."}') from None
+    out = []
+    for i, ex in enumerate(data):
+        if not isinstance(ex, dict):
+            raise PromptError(f"{path}: example {i + 1} is not an object with input, output and transcript")
+        ex = dict(ex)
+        for key in ("input", "output"):
+            if isinstance(ex.get(key), str) and not os.path.isabs(ex[key]):
+                ex[key] = str(p.parent / ex[key])
+        out.append(ex)
+    return out
+
+
+@_clean_errors
+def cmd_continue(args) -> int:
+    _check_output(args.output)
+    _run(args, "continue_speech", args.audio, seconds=args.seconds, output=args.output)
+    return 0
+
+
+@_clean_errors
+def cmd_chat(args) -> int:
+    if args.reply == "speech":
+        _check_output(args.output)
+    if not args.input and args.text is None:
+        return _interactive_chat(args)
+    messages = []
+    if args.input:
+        messages.append(_user_message(args.input))
+    if args.text is not None:
+        messages.append({"role": "user", "text": args.text})
+    if len(messages) == 2:  # audio and text given together: one user turn with both
+        messages = [{**messages[0], "text": args.text}]
+    _run(args, "chat", messages, reply=args.reply, voice=args.voice, system_prompt=args.system,
+         thinking=args.thinking, output=args.output if args.reply == "speech" else None)
+    return 0
+
+
+def _user_message(entry: str) -> dict:
+    """A user turn from a command-line entry: an existing file is audio, anything else is text."""
+    p = Path(entry).expanduser()
+    if p.is_file():
+        return {"role": "user", "audio": str(p)}
+    return {"role": "user", "text": entry}
+
+
+HELP_INTERACTIVE = (
+    "Type a message, or the path of an audio file to speak it. Commands: /reset (forget the conversation), "
+    "/quit (or Ctrl-D)."
+)
+
+
+def _interactive_chat(args) -> int:
+    """A conversation on stdin/stdout: the history is kept here and passed to every chat() call."""
+    from .errors import AudioInputError, PromptError
+
+    mimo = _load(args)
+    out = sys.stdout
+    print(f"mimo-audio chat ({args.reply} replies). {HELP_INTERACTIVE}", file=out, flush=True)
+    history: list[dict] = []
+    turn = 0
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            print(file=out)
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/quit", "/exit", "/q"):
+            break
+        if line == "/reset":
+            history.clear()
+            print("(conversation cleared)", file=out, flush=True)
+            continue
+        if line in ("/help", "/?"):
+            print(HELP_INTERACTIVE, file=out, flush=True)
+            continue
+        if line.startswith("/"):
+            print(f"unknown command {line.split()[0]}; {HELP_INTERACTIVE}", file=out, flush=True)
+            continue
+        message = _user_message(line)
+        try:
+            reply = mimo.chat([*history, message], reply=args.reply, voice=args.voice, system_prompt=args.system,
+                              thinking=args.thinking, **_gen_kwargs(args))
+        except (AudioInputError, PromptError) as exc:  # a bad turn does not end the session
+            print(f"error: {' '.join(str(exc).split())}", file=out, flush=True)
+            continue
+        turn += 1
+        print(f"mimo> {reply.text}", file=out, flush=True)
+        if reply.audio is not None:
+            path = reply.save(_numbered(args.output, turn - 1, 2))
+            print(f"(speech: {path}, {reply.duration:.2f} s)", file=out, flush=True)
+        history += [message, reply.as_message()]
+    return 0
+
+
+@_clean_errors
+def cmd_download(args) -> int:
+    from .checkpoint import resolve, safetensors_files
+
+    ids = list(args.repos)
+    if not ids:
+        ids = [INSTRUCT, TOKENIZER]
+        if args.base:
+            ids.append(BASE)
+    for rid in ids:
+        local = Path(os.fspath(rid)).expanduser()
+        if local.is_dir():
+            safetensors_files(local)  # a local folder: check it, nothing to fetch
+            print(f"{rid}: local folder, nothing to download", file=sys.stderr)
+            print(str(local))
+            continue
+        print(f"fetching {rid} ...", file=sys.stderr, flush=True)
+        folder = resolve(rid)
+        safetensors_files(folder)
+        print(str(folder))
+    return 0
+
+
+# ============================================================================================ parser
+def add_task_commands(subparsers) -> None:
+    """Register the task commands on ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
+
+    def add(name, help_, default_model, func, *, gen=True):
+        p = subparsers.add_parser(name, help=help_, description=help_)
+        if default_model:
+            _add_model_args(p, default_model)
+        if gen:
+            _add_generation_args(p)
+        p.set_defaults(func=func, command=name)
+        return p
+
+    p = add("transcribe", "speech recognition (Instruct model)", INSTRUCT, cmd_transcribe)
+    p.add_argument("audio", nargs="+", help="audio file(s); several run as one batch")
+
+    p = add("speak", "text to speech: plain, styled (--instruct), described (--natural) or in a voice (--voice) "
+            "(Instruct model)", INSTRUCT, cmd_speak)
+    p.add_argument("text", nargs="*", help="text to speak; several run as one batch")
+    p.add_argument("--file", help="read texts from a file, one per line")
+    p.add_argument("--instruct", help="style instruction, e.g. 'Speak slowly and happily'")
+    p.add_argument("--natural", action="store_true",
+                   help="the text is a natural-language description followed by what to say, e.g. "
+                        "'In a breathless young male voice: wait for me!'")
+    p.add_argument("--voice", help="audio file whose voice to use")
+    _add_output_arg(p, "speech.wav")
+
+    p = add("understand", "answer a question about audio (Instruct model)", INSTRUCT, cmd_understand)
+    p.add_argument("audio", nargs="+", help="audio file(s); several are one multi-clip question")
+    p.add_argument("-q", "--question", required=True, help="the question or instruction")
+    p.add_argument("--thinking", action="store_true", help="let the model think before answering")
+
+    p = add("chat", "spoken or text dialogue; without input, an interactive session (Instruct model)", INSTRUCT,
+            cmd_chat)
+    p.add_argument("input", nargs="?", help="audio file (or text) of the user turn; omit for an interactive session")
+    p.add_argument("--text", help="text of the user turn")
+    p.add_argument("--reply", choices=("speech", "text"), default="speech", help="reply in speech or text (default: speech)")
+    p.add_argument("--voice", help="audio file whose voice the assistant uses")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--thinking", action="store_true", help="think before a text reply")
+    _add_output_arg(p, "reply.wav")
+
+    p = add("few-shot", "in-context speech-to-speech from examples (Base model)", BASE, cmd_few_shot)
+    p.add_argument("audio", help="the input audio to transform")
+    p.add_argument("--example", nargs=3, action="append", metavar=("INPUT", "OUTPUT", "TRANSCRIPT"),
+                   help="one example: input audio, output audio, the output's transcript (repeatable)")
+    p.add_argument("--examples", help="JSON / JSON-lines file of {input, output, transcript} examples")
+    p.add_argument("--instruction", help="what to do, e.g. 'Convert the timbre of the input speech to target timbre.'")
+    _add_output_arg(p, "few-shot.wav")
+
+    p = add("continue", "continue speech from an audio prompt (Base model)", BASE, cmd_continue)
+    p.add_argument("audio", help="the audio to continue")
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds of speech to add (default: 10)")
+    _add_output_arg(p, "continued.wav")
+
+    p = add("download", "pre-fetch checkpoints into the Hugging Face cache (with progress)", None, cmd_download,
+            gen=False)
+    p.add_argument("repos", nargs="*", help=f"hub ids (default: {INSTRUCT} and {TOKENIZER})")
+    p.add_argument("--base", action="store_true", help=f"also fetch {BASE} (few-shot and continuation)")
