@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .delay import delay_schedule
-from .lm import MimoAudioLM, Stack
+from .lm import MimoAudioLM
 
 NEG_INF = float("-inf")
 

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mimo_audio.sampling import SamplingParams, filter_logits, params_tensors, sample
+
+
+def _p(n, **kw):
+    return params_tensors([SamplingParams(**kw)] * n)
+
+
+def test_top_k_keeps_ties_and_drops_strictly_below():
+    x = torch.tensor([[1.0, 3.0, 2.0, 3.0, 0.0]])
+    out = filter_logits(x, torch.ones(1), torch.tensor([1]), torch.ones(1))
+    assert torch.isfinite(out).tolist() == [[False, True, False, True, False]]  # both 3.0 tie with the 1st largest
+    out = filter_logits(x, torch.ones(1), torch.tensor([3]), torch.ones(1))
+    assert torch.isfinite(out).tolist() == [[False, True, True, True, False]]
+    out = filter_logits(x, torch.ones(1), torch.tensor([0]), torch.ones(1))  # 0 = off
+    assert torch.isfinite(out).all()
+
+
+def test_top_p_ascending_cumulative():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    x = probs.log()
+    # ascending cum: 0.05, 0.20, 0.50, 1.0; p = 0.75 removes cum <= 0.25 -> tokens 3 and 2
+    out = filter_logits(x, torch.ones(1), torch.tensor([0]), torch.tensor([0.75]))
+    assert torch.isfinite(out).tolist() == [[True, True, False, False]]
+    # tiny p keeps the top token only
+    out = filter_logits(x, torch.ones(1), torch.tensor([0]), torch.tensor([1e-6]))
+    assert torch.isfinite(out).tolist() == [[True, False, False, False]]
+
+
+def test_ban_applies_after_top_p():
+    """The banned top token still counts in the nucleus: p = 0.6 keeps {0, 1}; banning 0 afterwards leaves 1.
+    Had the ban come first, the renormalised nucleus would also admit token 2."""
+    probs = torch.tensor([[0.55, 0.25, 0.2]])
+    x = probs.log()
+    ban = torch.tensor([[float("-inf"), 0.0, 0.0]])
+    kw = dict(temperature=torch.ones(1), top_k=torch.zeros(1, dtype=torch.long), top_p=torch.tensor([0.6]),
+              do_sample=torch.tensor([True]), ban=ban)
+    draws = {int(sample(x, uniforms=torch.tensor([u]), **kw)) for u in torch.linspace(0, 0.999, 50).tolist()}
+    assert draws == {1}
+    # ban before top-p (wrong order) would renormalise to {1: .56, 2: .44} and keep both
+    wrong = filter_logits(x + ban, torch.ones(1), torch.zeros(1, dtype=torch.long), torch.tensor([0.6]))
+    assert torch.isfinite(wrong).sum() == 2
+
+
+def test_temperature_scales_before_filters():
+    x = torch.tensor([[2.0, 1.0]])
+    out = filter_logits(x, torch.tensor([2.0]), torch.tensor([0]), torch.ones(1))
+    assert out.tolist() == [[1.0, 0.5]]
+
+
+def test_per_row_params_and_greedy_rows():
+    x = torch.tensor([[0.0, 1.0, 5.0], [0.0, 1.0, 5.0]])
+    t = params_tensors([SamplingParams(do_sample=False), SamplingParams(do_sample=True, top_k=1)])
+    out = sample(x, **t, uniforms=torch.tensor([0.0, 0.99]))
+    assert out.tolist() == [2, 2]
+
+
+def test_sampling_distribution_and_seed():
+    x = torch.tensor([[0.0, 0.0, 0.0, 0.0]]).log_softmax(-1).expand(4000, 4)
+    p = _p(4000, do_sample=True)
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(4000, generator=g)
+    draws = sample(x, **p, uniforms=u)
+    counts = torch.bincount(draws, minlength=4).float() / 4000
+    assert (counts - 0.25).abs().max() < 0.04
+    g2 = torch.Generator().manual_seed(0)
+    assert torch.equal(sample(x, **p, uniforms=torch.rand(4000, generator=g2)), draws)
+
+
+def test_bad_params():
+    with pytest.raises(ValueError):
+        SamplingParams(temperature=0)
+    with pytest.raises(ValueError):
+        SamplingParams(top_p=1.5)
