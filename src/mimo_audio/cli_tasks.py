@@ -2,48 +2,24 @@
 
 Registered on the main parser by :func:`add_task_commands` (called from :mod:`mimo_audio.cli`). Each command
 is thin over :class:`mimo_audio.pipeline.MimoAudio`; errors the user can cause (a bad file, an offline hub, a
-too-long prompt) print one line and exit non-zero, without a traceback. Output files are written atomically.
+too-long prompt) are raised as MimoAudioError/OSError, which :func:`mimo_audio.cli.main` prints as one line with a
+non-zero exit, without a traceback. Output files are written atomically.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
 from pathlib import Path
 
-from .errors import MimoAudioError
-
 INSTRUCT = "XiaomiMiMo/MiMo-Audio-7B-Instruct"
 BASE = "XiaomiMiMo/MiMo-Audio-7B-Base"
 TOKENIZER = "XiaomiMiMo/MiMo-Audio-Tokenizer"
 
-EXIT_ERROR = 1
-
 
 # ============================================================================================ plumbing
-def _clean_errors(func):
-    """Run a command; a MimoAudioError/OSError becomes one line on stderr and exit status 1."""
-
-    @functools.wraps(func)
-    def wrapper(args) -> int:
-        try:
-            return int(func(args) or 0)
-        except (MimoAudioError, OSError) as exc:
-            msg = str(exc) or type(exc).__name__
-            if isinstance(exc, OSError) and not isinstance(exc, MimoAudioError) and exc.filename:
-                msg = f"{exc.filename}: {exc.strerror or msg}"
-            print(f"mimo-audio {args.command}: error: {' '.join(msg.split())}", file=sys.stderr)
-            return EXIT_ERROR
-        except KeyboardInterrupt:
-            print(f"mimo-audio {args.command}: interrupted", file=sys.stderr)
-            return 130
-
-    return wrapper
-
-
 def _add_model_args(p: argparse.ArgumentParser, default_model: str) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=default_model, help=f"LM hub id or folder (default: {default_model})")
@@ -108,6 +84,15 @@ def _emit(args, replies, *, sources=None, output: str | None = None) -> None:
     for i, reply in enumerate(replies):
         saved = None
         if output and reply.audio is not None:
+            if reply.audio.numel() == 0:
+                from .errors import MimoAudioError
+
+                if not args.json and not getattr(args, "stream", False):
+                    print(reply.text)
+                raise MimoAudioError(
+                    f"the model produced no speech for result {i + 1} (finish: {reply.finish_reason}); nothing written "
+                    "to -o. Try another --seed or a larger --max-new-tokens"
+                )
             saved = reply.save(_numbered(output, i, len(replies)))
         if args.json:
             obj = {"text": reply.text, "finish_reason": reply.finish_reason}
@@ -149,13 +134,11 @@ def _run(args, method: str, *pos, output: str | None = None, sources=None, **kw)
 
 
 # ============================================================================================ commands
-@_clean_errors
 def cmd_transcribe(args) -> int:
     _run(args, "transcribe", args.audio if len(args.audio) > 1 else args.audio[0], sources=args.audio)
     return 0
 
 
-@_clean_errors
 def cmd_speak(args) -> int:
     _check_output(args.output)
     texts = args.text
@@ -170,14 +153,12 @@ def cmd_speak(args) -> int:
     return 0
 
 
-@_clean_errors
 def cmd_understand(args) -> int:
     audio = args.audio if len(args.audio) > 1 else args.audio[0]
     _run(args, "understand", audio, args.question, thinking=args.thinking)
     return 0
 
 
-@_clean_errors
 def cmd_few_shot(args) -> int:
     _check_output(args.output)
     examples = []
@@ -213,14 +194,12 @@ def _read_examples(path: str) -> list[dict]:
     return out
 
 
-@_clean_errors
 def cmd_continue(args) -> int:
     _check_output(args.output)
     _run(args, "continue_speech", args.audio, seconds=args.seconds, output=args.output)
     return 0
 
 
-@_clean_errors
 def cmd_chat(args) -> int:
     if args.reply == "speech":
         _check_output(args.output)
@@ -291,14 +270,15 @@ def _interactive_chat(args) -> int:
             continue
         turn += 1
         print(f"mimo> {reply.text}", file=out, flush=True)
-        if reply.audio is not None:
+        if reply.audio is not None and reply.audio.numel():
             path = reply.save(_numbered(args.output, turn - 1, 2))
             print(f"(speech: {path}, {reply.duration:.2f} s)", file=out, flush=True)
+        elif reply.audio is not None:
+            print("(no speech was produced this turn)", file=out, flush=True)
         history += [message, reply.as_message()]
     return 0
 
 
-@_clean_errors
 def cmd_download(args) -> int:
     from .checkpoint import resolve, safetensors_files
 
