@@ -104,8 +104,8 @@ def _to_numpy(data: Any, what: str) -> np.ndarray:
             return t.cpu().numpy()
         except (RuntimeError, TypeError) as exc:
             raise AudioInputError(f"{what}: cannot read tensor of dtype {t.dtype} as audio ({exc})") from None
-    if isinstance(data, np.ndarray):
-        return data
+    if isinstance(data, (np.ndarray, np.generic)):
+        return np.asarray(data)
     if isinstance(data, (list, tuple)):
         try:
             return np.asarray(data)
