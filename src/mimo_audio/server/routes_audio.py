@@ -186,8 +186,8 @@ async def create_transcription(
     opts = _Opts()
     opts.seed, opts.temperature, opts.top_p, opts.top_k, opts.max_new_tokens = seed, temperature, None, None, None
     common = svc.sampling(opts, max_new_tokens)
-    if language:
-        common["language"] = language.lower()
+    if language:  # MiMo picks the spoken language itself; this only chooses the instruction's language
+        common["language"] = "zh" if language.lower().startswith("zh") else "en"
     bounds = split_at_silences(audio.samples, audio.sample_rate, svc.settings.transcription_chunk_seconds)
     rows = [{"audio": (audio.samples[s:e], audio.sample_rate), **common} for s, e in bounds]
     jobs = await svc.start_jobs("transcribe", rows)

@@ -133,6 +133,9 @@ class Service:
             value = getattr(body, name, None)
             if value is not None:
                 kw[name] = value
+        if kw.get("temperature") == 0:  # OpenAI's "temperature 0" = deterministic: greedy decoding
+            del kw["temperature"]
+            kw["greedy"] = True
         return kw
 
     async def decode(self, data: bytes, param: str) -> DecodedAudio:
