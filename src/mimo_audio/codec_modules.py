@@ -321,7 +321,7 @@ def istft(out: torch.Tensor, window: torch.Tensor, nfft: int, hop: int) -> torch
     """ISTFT head with "same" padding: ``(B, N, nfft + 2)`` log-magnitude|phase -> ``(B, N * hop)`` float32."""
     logmag, phase = out.float().chunk(2, dim=-1)
     mag = torch.exp(logmag).clamp(max=1e2)
-    spec = mag * (torch.cos(phase) + 1j * torch.sin(phase))
+    spec = torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))  # == mag * (cos + i sin), bit for bit
     win = window.float()
     frames = torch.fft.irfft(spec, n=nfft, dim=-1, norm="backward") * win  # (B, N, nfft)
     B, N, _ = frames.shape
