@@ -156,10 +156,6 @@ class Stepper:
         self.Dl = Dl
         self.R = torch.zeros(B, 2 * Dl, **z)
         self.R1, self.R2 = self.R[:, :Dl], self.R[:, Dl:]
-        self.N = torch.zeros(B, 2 * Dl, **z)
-        self.n_dec = self.N[:, :Dl]
-        self.ln_mean = torch.zeros(B, 1, **z)
-        self.ln_rstd = torch.zeros(B, 1, **z)
         self.dcache = [torch.zeros(S, B, 3 * Hl * hdl, **z) for _ in range(dc.layers)]
         self.dq, self.dk, self.dv = [], [], []
         for cc in self.dcache:
@@ -258,21 +254,17 @@ class Stepper:
 
     # ------------------------------------------------------------------ patch decoder
     def _dec_layers(self, p: int):
-        B, R, N, eps = self.B, self.R, self.N, self.eps_dec
+        B, R, eps, Dl = self.B, self.R, self.eps_dec, self.Dl
         width = (2 * self.Dl,)
         for (w1, per_pos, wo2, w2, wgu, wd2), cache, q, k, v in zip(self.fw.dec, self.dcache, self.dq, self.dk, self.dv):
-            torch.ops.aten.native_layer_norm.out(R, width, w1, None, eps, out0=N, out1=self.ln_mean, out2=self.ln_rstd)
             bp, wp = per_pos[p]
-            torch.addmm(bp, self.n_dec, wp, out=cache[p])
+            torch.addmm(bp, F.layer_norm(R, width, w1, None, eps)[:, :Dl], wp, out=cache[p])
             a = F.scaled_dot_product_attention(q[p], k[p], v[p])
             R.addmm_(a.view(B, -1), wo2)
-            torch.ops.aten.native_layer_norm.out(R, width, w2, None, eps, out0=N, out1=self.ln_mean, out2=self.ln_rstd)
-            torch.mm(self.n_dec, wgu, out=self.dgu)
+            torch.mm(F.layer_norm(R, width, w2, None, eps)[:, :Dl], wgu, out=self.dgu)
             F.silu(self.dgate, inplace=True)
             R.addmm_(self.dgate * self.dup, wd2)
-        torch.ops.aten.native_layer_norm.out(R, width, self.fw.dec_norm, None, eps, out0=N, out1=self.ln_mean,
-                                             out2=self.ln_rstd)
-        return self.n_dec
+        return F.layer_norm(R, width, self.fw.dec_norm, None, eps)[:, :Dl]
 
     @torch.no_grad()
     def decode_patch(self, first: torch.Tensor, pick) -> torch.Tensor:
