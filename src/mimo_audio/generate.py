@@ -270,3 +270,14 @@ def generate(lm, prompts, config=None, *, empty_id: int | None = None, greedy: b
 def replace(config: GenerationConfig, **changes) -> GenerationConfig:
     """``dataclasses.replace`` for configs (convenience)."""
     return dataclasses.replace(config, **changes)
+
+
+class _CallableModule(__import__("types").ModuleType):
+    """``mimo_audio.generate`` is both this module and the function: importing the submodule rebinds the
+    package attribute to the module, so the module itself forwards calls to :func:`generate`."""
+
+    def __call__(self, *args, **kwargs):
+        return generate(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule
