@@ -126,10 +126,9 @@ def _run(args, method: str, *pos, output: str | None = None, sources=None, **kw)
     else:
         out = getattr(mimo, method)(*pos, **kw)
         result = out if isinstance(out, list) else [out]
-    if method == "transcribe":  # transcribe returns strings
-        from .pipeline import Reply
+    from .pipeline import Reply
 
-        result = [r if not isinstance(r, str) else Reply(text=r) for r in result]
+    result = [Reply(text=r) if isinstance(r, str) else r for r in result]  # transcribe/understand give strings
     _emit(args, result, sources=sources, output=output)
 
 
@@ -225,6 +224,7 @@ def _user_message(entry: str) -> dict:
     return {"role": "user", "text": entry}
 
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aiff", ".aif")
 HELP_INTERACTIVE = (
     "Type a message, or the path of an audio file to speak it. Commands: /reset (forget the conversation), "
     "/quit (or Ctrl-D)."
@@ -258,8 +258,12 @@ def _interactive_chat(args) -> int:
         if line in ("/help", "/?"):
             print(HELP_INTERACTIVE, file=out, flush=True)
             continue
-        if line.startswith("/"):
-            print(f"unknown command {line.split()[0]}; {HELP_INTERACTIVE}", file=out, flush=True)
+        p = Path(line).expanduser()
+        if line.startswith("/") and " " not in line and "/" not in line[1:]:
+            print(f"unknown command {line}; {HELP_INTERACTIVE}", file=out, flush=True)
+            continue
+        if p.suffix.lower() in AUDIO_SUFFIXES and not p.is_file():
+            print(f"error: {line}: no such audio file; check the path", file=out, flush=True)
             continue
         message = _user_message(line)
         try:
@@ -275,6 +279,11 @@ def _interactive_chat(args) -> int:
             print(f"(speech: {path}, {reply.duration:.2f} s)", file=out, flush=True)
         elif reply.audio is not None:
             print("(no speech was produced this turn)", file=out, flush=True)
+        if args.reply == "speech" and not (reply.answer.strip() and reply.codes is not None and reply.codes.numel()):
+            # spoken-dialogue history needs each reply's text and speech: keep the user turn only
+            print("(this reply lacks text or speech and is left out of the history)", file=out, flush=True)
+            history.append(message)
+            continue
         history += [message, reply.as_message()]
     return 0
 

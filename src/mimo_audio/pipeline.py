@@ -89,10 +89,10 @@ class Reply:
         The generated codes travel with it (key ``"codes"``), so the history is not re-encoded.
         """
         msg: dict[str, Any] = {"role": "assistant", "text": self.answer}
-        if self.audio is not None:
-            msg["audio"] = (self.audio, self.sample_rate)
         if self.codes is not None and self.codes.numel():
             msg["codes"] = self.codes
+            if self.audio is not None and self.audio.numel():
+                msg["audio"] = (self.audio, self.sample_rate)
         return msg
 
     def save(self, path: str | os.PathLike) -> str:
@@ -304,8 +304,9 @@ class MimoAudio:
                             if v is not None}
             local_changes = {k: v for k, v in (("temperature", audio_temperature), ("top_k", audio_top_k),
                                                ("top_p", audio_top_p)) if v is not None}
-            text = replace(text, **text_changes) if text_changes else text
-            local = replace(local, **local_changes) if local_changes else local
+            # an explicit setting turns sampling on for a preset that is greedy (asr, few-shot, qa)
+            text = replace(text, do_sample=True, **text_changes) if text_changes else text
+            local = replace(local, do_sample=True, **local_changes) if local_changes else local
         except ValueError as exc:
             raise PromptError(f"bad sampling setting: {exc}") from None
         if max_new_tokens is None:
@@ -359,7 +360,8 @@ class MimoAudio:
 
         Common: ``seed``, ``max_new_tokens`` (LM steps; one step is a text token or 0.16 s of audio), ``greedy``,
         text-sampler ``temperature``/``top_k``/``top_p``, patch-sampler ``audio_temperature``/``audio_top_k``/
-        ``audio_top_p`` (task presets of SPEC §5.3 otherwise), ``sample_rate`` for array audio.
+        ``audio_top_p`` (task presets of SPEC §5.3 otherwise; setting one turns sampling on for a greedy preset),
+        ``sample_rate`` for array audio.
         Raises :class:`AudioInputError` / :class:`PromptError` naming the problem.
         """
         from .prompt import task_spec

@@ -1,0 +1,138 @@
+"""The task commands of ``mimo-audio`` end to end on the fixture's tiny models, through ``cli.main``."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import soundfile as sf
+
+from mimo_audio.cli import main
+
+
+@pytest.fixture(scope="module")
+def models(fixture_path):
+    return ["--model", str(fixture_path / "lm"), "--tokenizer", str(fixture_path / "tokenizer"), "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def clips(fixture_path, manifest):
+    return [str(fixture_path / "audio" / name) for name in manifest["audio"]["24k"]]
+
+
+def run(capsys, argv):
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def json_lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def speech_run(capsys, argv, path):
+    """Run a speech command over a few seeds until the random model produces speech; return its JSON object."""
+    for seed in range(8):
+        rc, out, err = run(capsys, [*argv, "--seed", str(seed), "--json"])
+        if rc == 0:
+            (obj,) = json_lines(out)
+            assert obj["audio"] == str(path) and obj["sample_rate"] == 24000
+            wav, sr = sf.read(obj["audio"])
+            assert sr == 24000 and len(wav) > 0 and abs(len(wav) / sr - obj["seconds"]) < 1e-3
+            return obj
+        assert "no speech" in err and "Traceback" not in err  # the only acceptable failure here
+    raise AssertionError("no seed produced speech")
+
+
+def test_transcribe_plain_json_and_batch(capsys, models, clips):
+    rc, out, err = run(capsys, ["transcribe", clips[0], *models, "--max-new-tokens", "8"])
+    assert rc == 0 and out.endswith("\n")
+    rc, out, _ = run(capsys, ["transcribe", clips[0], clips[1], *models, "--max-new-tokens", "8", "--json"])
+    objs = json_lines(out)
+    assert rc == 0 and [o["input"] for o in objs] == clips[:2] and all(isinstance(o["text"], str) for o in objs)
+
+
+def test_speak_writes_a_24k_file(capsys, models, tmp_path):
+    out = tmp_path / "hello.wav"
+    speech_run(capsys, ["speak", "Hello there.", *models, "--max-new-tokens", "16", "-o", str(out)], out)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".part")]  # atomic write left nothing behind
+
+
+def test_speak_styles_and_stream(capsys, models, clips, tmp_path):
+    out = tmp_path / "styled.wav"
+    for extra in (["--instruct", "Speak slowly"], ["--natural"], ["--voice", clips[2]]):
+        rc, _, err = run(capsys, ["speak", "Hello there.", *models, "--max-new-tokens", "4", "-o", str(out), *extra])
+        assert rc in (0, 2) and "Traceback" not in err
+    rc, text, err = run(capsys, ["speak", "Hello.", *models, "--max-new-tokens", "8", "--stream", "--greedy",
+                                 "-o", str(out)])
+    assert "Traceback" not in err
+
+
+def test_understand_chat_fewshot_continue(capsys, models, clips, tmp_path, manifest):
+    rc, out, _ = run(capsys, ["understand", clips[0], clips[1], "-q", "Compare.", "--thinking", *models,
+                              "--max-new-tokens", "6", "--json"])
+    assert rc == 0 and isinstance(json_lines(out)[0]["text"], str)
+    rc, out, _ = run(capsys, ["chat", "--text", "hi", "--reply", "text", *models, "--max-new-tokens", "6", "--json"])
+    assert rc == 0 and "audio" not in json_lines(out)[0]
+    speech_run(capsys, ["chat", clips[0], *models, "--max-new-tokens", "12", "-o", str(tmp_path / "r.wav")],
+               tmp_path / "r.wav")
+    text = manifest["audio"]["texts"][1]
+    ex = tmp_path / "examples.jsonl"
+    ex.write_text(json.dumps({"input": clips[0], "output": clips[1], "transcript": text}) + "\n")
+    # the random model rarely speaks after these prompts: a file, or the one-line "no speech" error
+    for argv, path in ((["few-shot", clips[2], "--examples", str(ex), "--example", clips[1], clips[0], "words",
+                         "--instruction", "Convert the timbre."], tmp_path / "f.wav"),
+                       (["continue", clips[0], "--seconds", "0.5"], tmp_path / "c.wav")):
+        rc, out, err = run(capsys, [*argv, *models, "--max-new-tokens", "12", "--seed", "0", "--json", "-o", str(path)])
+        if rc == 0:
+            assert json_lines(out)[0]["audio"] == str(path) and path.is_file()
+        else:
+            assert err.startswith("mimo-audio: error: the model produced no speech") and not path.exists()
+
+
+def test_errors_are_one_line(capsys, models, clips, tmp_path):
+    cases = [
+        ["transcribe", str(tmp_path / "missing.wav"), *models],
+        ["speak", "   ", *models],
+        ["speak", "hi", *models, "-o", str(tmp_path / "out.mp3")],
+        ["few-shot", clips[0], "--example", clips[0], clips[1], " ", *models, "-o", str(tmp_path / "f.wav")],
+        ["transcribe", clips[0], "--model", str(tmp_path), "--tokenizer", str(tmp_path)],
+    ]
+    for argv in cases:
+        rc, _, err = run(capsys, argv)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert rc != 0 and len(lines) == 1 and lines[0].startswith("mimo-audio: error:"), (argv, err)
+
+
+def test_interactive_chat(capsys, models, clips, monkeypatch, tmp_path):
+    lines = ["hello there", clips[0], "/reset", "/bogus", "/missing/file.wav", "again", "/quit", "never read"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines) + "\n"))
+    rc, out, err = run(capsys, ["chat", "--reply", "text", *models, "--max-new-tokens", "6", "--seed", "0"])
+    assert rc == 0 and "Traceback" not in err
+    assert out.count("mimo> ") == 3
+    assert "(conversation cleared)" in out and "unknown command /bogus" in out
+    assert "/missing/file.wav: no such audio file" in out
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{clips[1]}\nwhat next?\n"))  # ends with EOF
+    rc, out, err = run(capsys, ["chat", *models, "--max-new-tokens", "10", "--seed", "1",
+                                "-o", str(tmp_path / "turn.wav")])
+    assert rc == 0 and out.count("mimo> ") == 2
+    written = [line[len("(speech: "):].split(",")[0] for line in out.splitlines() if line.startswith("(speech: ")]
+    assert sorted(os.path.basename(w) for w in written) == sorted(os.listdir(tmp_path))
+    assert all(os.path.basename(w) in ("turn-1.wav", "turn-2.wav") for w in written)
+
+
+def test_download_local_folder_and_offline(capsys, fixture_path, tmp_path):
+    rc, out, _ = run(capsys, ["download", str(fixture_path / "lm"), str(fixture_path / "tokenizer")])
+    assert rc == 0 and out.split() == [str(fixture_path / "lm"), str(fixture_path / "tokenizer")]
+    rc, _, err = run(capsys, ["download", str(tmp_path)])  # a folder without weights
+    assert rc != 0 and err.startswith("mimo-audio: error:") and "safetensors" in err
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = subprocess.run([sys.executable, "-m", "mimo_audio.cli", "download", "someone/some-model"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mimo-audio")]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert len(errors) == 1 and "someone/some-model" in errors[0]
