@@ -443,3 +443,17 @@ def test_client_disconnect_cancels_its_row():
         assert fake.cancelled == [0]
         text = httpx.get(srv.url + "/metrics").text
         assert _metric(text, 'mimo_audio_requests_cancelled_total{reason="client"}') == 1
+
+
+def test_ready_after_warmup():
+    fake = FakeBackend(step_s=0.2)
+    with LiveServer(create_app(fake, ServerSettings(warmup=True))) as srv, httpx.Client(base_url=srv.url) as c:
+        first = c.get("/ready")
+        assert c.get("/health").status_code == 200
+        assert_openai_error(first, 503)
+        assert_openai_error(c.post("/v1/audio/speech", json={"model": MODEL, "input": "x"}), 503)
+        deadline = time.monotonic() + 10
+        while c.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.05)
+        assert fake.prepared[0][0] == "speak" and fake.batches == [1]

@@ -36,6 +36,8 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser calls from this origin (repeatable); CORS is off by default")
     g.add_argument("--no-page", action="store_true", help="do not serve the web page at /")
+    g.add_argument("--no-warmup", action="store_true",
+                   help="skip the warm-up generation at start-up (/ready is 503 until it is done)")
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     g = p.add_argument_group("batching and limits")
     g.add_argument("--max-batch", type=int, default=8, help="most requests per engine batch (default: 8)")
@@ -71,6 +73,7 @@ def settings_from_args(args):
         max_text_chars=args.max_text_chars,
         max_new_tokens=args.max_new_tokens,
         serve_page=not args.no_page,
+        warmup=not args.no_warmup,
     )
 
 

@@ -98,7 +98,22 @@ class Service:
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
         self.batcher.start()
-        self.ready = True
+        if self.settings.warmup:
+            threading.Thread(target=self._warmup, name="mimo-audio-warmup", daemon=True).start()
+        else:
+            self.ready = True
+
+    def _warmup(self) -> None:
+        t0 = time.monotonic()
+        try:
+            request = self.backend.prepare("speak", text="Hello.", max_new_tokens=2, seed=0)
+            for _ in self.backend.stream([request]):
+                pass
+            log.info("warm-up generation done in %.2f s", time.monotonic() - t0)
+        except Exception:
+            log.exception("warm-up generation failed (serving anyway)")
+        finally:
+            self.ready = True
 
     def stop(self) -> None:
         self.ready = False

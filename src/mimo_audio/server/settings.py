@@ -39,6 +39,7 @@ class ServerSettings:
     audio_store_size: int = 64
     audio_store_ttl_s: float = 3600.0
     sse_ping_s: float = 10.0
+    warmup: bool = False  # run one tiny generation at start-up; /ready answers 503 until it is done
     # page
     serve_page: bool = True
     extra: dict = field(default_factory=dict)
