@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mimo_audio.server import ServerSettings, create_app
-from server_helpers import FakeBackend, LiveServer, wav_bytes
+from server_helpers import LiveServer
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
@@ -84,43 +84,56 @@ def _run_task(driver, task: str):
     return status
 
 
-def page_backend():
-    """The backend for the page test: the fixture's real models when the pipeline loads, else the fake."""
-    return FakeBackend(step_s=0.01)
-
-
-def test_page_transcribe_speak_record(browser, tmp_path):
+def test_page_transcribe_speak_record(browser, tmp_path, fixture_path):
     from selenium.webdriver.common.by import By
 
-    backend = page_backend()
-    audio_file = tmp_path / "upload.wav"
-    audio_file.write_bytes(wav_bytes(1.5, 16000))
-    with LiveServer(create_app(backend, ServerSettings(max_new_tokens=64))) as srv:
+    from mimo_audio.pipeline import MimoAudio
+
+    mimo = MimoAudio.from_pretrained(fixture_path / "lm", tokenizer=fixture_path / "tokenizer", device="cpu",
+                                     dtype="float32")
+    tokens, text = 12, "Hello from the browser test."
+    # a seed for which this random-weight model speaks (found with the pipeline itself)
+    seed, want = None, None
+    for s in range(40):
+        reply = mimo.run([mimo.prepare("speak", text=text, seed=s, max_new_tokens=tokens)], decode="stream")[0]
+        if reply.audio is not None and reply.audio.numel():
+            seed, want = s, reply.audio.numel() / reply.sample_rate
+            break
+    if seed is None:
+        pytest.skip("the fixture model produced no speech in 40 seeds")
+    audio_file = sorted((fixture_path / "audio").glob("speech_*.wav"))[0]
+    with LiveServer(create_app(mimo, ServerSettings(max_new_tokens=64))) as srv:
         browser.get(srv.url + "/")
         _wait(lambda: browser.find_element(By.ID, "model-name").text == "mimo-audio", what="the model name")
         browser.find_element(By.ID, "file").send_keys(str(audio_file))
-        _wait(lambda: "upload.wav" in browser.find_element(By.ID, "input-info").text, what="the upload")
-        nmt = browser.find_element(By.ID, "max-new-tokens")
-        nmt.clear()
-        nmt.send_keys("6")
+        _wait(lambda: audio_file.name in browser.find_element(By.ID, "input-info").text, what="the upload")
+        for field, value in (("max-new-tokens", str(tokens)), ("seed", str(seed))):
+            el = browser.find_element(By.ID, field)
+            el.clear()
+            el.send_keys(value)
 
         _run_task(browser, "transcribe")  # streaming (the box is checked by default)
-        text = browser.find_element(By.ID, "result-text").text
-        assert text.strip(), "no transcript shown"
+        assert browser.find_element(By.ID, "result-text").text.strip(), "no transcript shown"
 
         _select(browser, "speak")
-        browser.find_element(By.ID, "text").send_keys("Hello from the browser test.")
-        browser.find_element(By.ID, "instructions").send_keys("cheerful")
-        _run_task(browser, "speak")
+        browser.find_element(By.ID, "text").send_keys(text)
+        _run_task(browser, "speak")  # streamed PCM, played through WebAudio and assembled into a wav
         assert browser.find_element(By.ID, "download").is_displayed()
         duration = _wait(lambda: browser.execute_script(
             "const a = document.getElementById('result-audio'); return a.readyState >= 1 ? a.duration : 0;"),
             what="the audio element to load")
-        assert duration > 0
+        assert duration == pytest.approx(want, abs=2e-3)
 
-        # non-streaming speech and the spoken dialogue
-        browser.find_element(By.ID, "stream").click()
+        browser.find_element(By.ID, "stream").click()  # non-streaming: the server's wav as is
         _run_task(browser, "speak")
+        duration = _wait(lambda: browser.execute_script(
+            "const a = document.getElementById('result-audio'); return a.readyState >= 1 ? a.duration : 0;"),
+            what="the audio element to load")
+        assert duration == pytest.approx(want, abs=2e-3)
+
+        browser.find_element(By.ID, "instructions").send_keys("cheerful")
+        _run_task(browser, "speak")
+        _run_task(browser, "understand")
         _run_task(browser, "talk")
         assert "MiMo:" in browser.find_element(By.ID, "conversation").text
 
@@ -130,6 +143,8 @@ def test_page_transcribe_speak_record(browser, tmp_path):
         time.sleep(1.2)
         browser.find_element(By.ID, "stop").click()
         _wait(lambda: "recording" in browser.find_element(By.ID, "input-info").text, what="the recording")
+        _select(browser, "transcribe")
+        browser.find_element(By.ID, "stream").click()  # streaming again
         _run_task(browser, "transcribe")
 
         shot = Path(os.environ.get("MIMO_AUDIO_SCREENSHOT", tmp_path / "page.png"))
