@@ -57,8 +57,10 @@ def test_long_input_is_segmented(tiny):
         n = 240 * 130 + 17  # 131 mel frames: segments of 40, 40, 40 and 11 (odd, the artefact case)
         codes = tiny.encode(speechlike(n), num_quantizers=2)
         assert codes.shape[0] == 3 * code_frames(40) + code_frames(11)
+        tiny.encode_batch_frames = 40  # one segment per encoder pass: same codes (memory knob only)
+        assert torch.equal(tiny.encode(speechlike(n), num_quantizers=2), codes)
     finally:
-        tiny.segment_frames = 6000
+        tiny.segment_frames, tiny.encode_batch_frames = 6000, 24000
 
 
 def test_batch_equals_one_by_one(tiny):

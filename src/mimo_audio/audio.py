@@ -122,7 +122,10 @@ def _scale(arr: np.ndarray, what: str) -> np.ndarray:
     if kind == "f":
         if arr.dtype.itemsize > 8:
             arr = arr.astype(np.float64)
-        return arr.astype(np.float32, copy=False) if arr.dtype != np.float32 else arr
+        if arr.dtype == np.float32:
+            return arr
+        with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become inf: refused later
+            return arr.astype(np.float32)
     if kind == "i":
         scale = float(2 ** (8 * arr.dtype.itemsize - 1))
         return (arr.astype(np.float64) / scale).astype(np.float32)

@@ -78,6 +78,7 @@ class AudioTokenizer(nn.Module):
         self.sample_rate = config.sampling_rate
         self.samples_per_code = config.samples_per_code
         self.segment_frames = SEGMENT_FRAMES
+        self.encode_batch_frames = 4 * SEGMENT_FRAMES  # mel frames per encoder pass (memory bound only)
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
@@ -173,7 +174,7 @@ class AudioTokenizer(nn.Module):
         out_segments: list[torch.Tensor] = [None] * len(segs)  # type: ignore[list-item]
         batches, cur, cur_frames = [], [], 0
         for i, s in enumerate(segs):  # micro-batches bound memory; results do not depend on them
-            if cur and cur_frames + s.shape[0] > GROUP_FRAMES:
+            if cur and cur_frames + s.shape[0] > self.encode_batch_frames:
                 batches.append(cur)
                 cur, cur_frames = [], 0
             cur.append(i)

@@ -328,8 +328,15 @@ def istft(out: torch.Tensor, window: torch.Tensor, nfft: int, hop: int) -> torch
     size = (N - 1) * hop + nfft
     pad = (nfft - hop) // 2
 
-    def overlap_add(fr):
-        return F.fold(fr.transpose(1, 2), output_size=(1, size), kernel_size=(1, nfft), stride=(1, hop))[:, 0, 0]
+    def overlap_add(fr):  # (b, N, nfft) -> (b, size)
+        if nfft % hop:
+            return F.fold(fr.transpose(1, 2), output_size=(1, size), kernel_size=(1, nfft), stride=(1, hop))[:, 0, 0]
+        R = nfft // hop  # each frame covers R hops: add R shifted copies (no Python loop over frames)
+        parts = fr.reshape(fr.shape[0], N, R, hop)
+        y = fr.new_zeros(fr.shape[0], N + R - 1, hop)
+        for r in range(R):
+            y[:, r: r + N] += parts[:, :, r]
+        return y.reshape(fr.shape[0], size)
 
     y = overlap_add(frames)[:, pad: size - pad]
     env = overlap_add(win.square().expand(1, N, -1))[:, pad: size - pad]
