@@ -247,7 +247,7 @@ class AudioTokenizer(nn.Module):
         mel = self.decoder(hidden[None].to(self.dtype), progress=progress)
         return self.vocoder(mel, progress=progress)[0]
 
-    def decode(self, codes, *, windowed: bool = False, window: int | None = None,
+    def decode(self, codes, windowed: bool = False, *, window: int | None = None,
                num_quantizers: int | None = None, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Codes ``(frames, n_q)`` -> float32 waveform ``(frames * samples_per_code,)`` at 24 kHz.
 

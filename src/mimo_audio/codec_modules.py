@@ -78,7 +78,7 @@ class AttnPlan:
         kval = (kabs[None] >= 0) & (kabs[None] < limit[:, None, None])  # (B|1, nb, W)
         qval = qabs[None] < limit[:, None, None]  # (B|1, nb, bl)
         mask = (m[None, None] & kval[:, :, None, :]) | ~qval[..., None]
-        self.mask = mask[:, None]  # (B|1, 1, nb, bl, W)
+        self.mask = mask[:, :, None]  # (B|1, nb, 1, bl, W)
         self.nb, self.W = nb, W
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -98,11 +98,13 @@ class AttnPlan:
         bl, nb, W = self.block, self.nb, self.W
         Tp = nb * bl
         pad = (0, 0, self.left, Tp - T + self.right)
-        kw = F.pad(k, pad).unfold(2, W, bl).transpose(-1, -2)  # (B, H, nb, W, D)
-        vw = F.pad(v, pad).unfold(2, W, bl).transpose(-1, -2)
-        qb = F.pad(q, (0, 0, 0, Tp - T)).view(B, H, nb, bl, D)
-        out = F.scaled_dot_product_attention(qb, kw, vw, attn_mask=self.mask)
-        return out.reshape(B, H, Tp, D)[:, :, :T]
+        # blocks become batch items: (B * nb, H, bl | W, D) keeps SDPA on its fused 4-D kernels
+        kw = F.pad(k, pad).unfold(2, W, bl).permute(0, 2, 1, 4, 3).reshape(B * nb, H, W, D)
+        vw = F.pad(v, pad).unfold(2, W, bl).permute(0, 2, 1, 4, 3).reshape(B * nb, H, W, D)
+        qb = F.pad(q, (0, 0, 0, Tp - T)).view(B, H, nb, bl, D).transpose(1, 2).reshape(B * nb, H, bl, D)
+        mask = self.mask.expand(B, -1, -1, -1, -1).reshape(B * nb, 1, bl, W)
+        out = F.scaled_dot_product_attention(qb, kw, vw, attn_mask=mask)
+        return out.view(B, nb, H, bl, D).transpose(1, 2).reshape(B, H, Tp, D)[:, :, :T]
 
 
 class Attention(nn.Module):
