@@ -133,6 +133,7 @@ class GenerationStream:
         self.st = Stepper(lm, B, N + max(self.max_new), e)
         self.out = torch.zeros(B, C + 1, G * max(self.max_new), dtype=torch.long, device=dev)
         self.count = [0] * B
+        self.steps = 0
         self.done = [False] * B
         self._cancel: set[int] = set()
         # samplers
@@ -162,7 +163,7 @@ class GenerationStream:
             self.gens = [torch.Generator(device=gdev).manual_seed(s) for s in seeds]
             self.u = torch.zeros(B, 1 + self.st.S * C, device=dev)
             self.u_rows = [self.u[b] for b in range(B)]
-        self.h = self.st.prefill(grid, valid)
+        self.st.prefill(grid, valid)
         self._greedy_pick = lambda p, lg: lg.argmax(-1)
 
     # -------------------------------------------------------------------------------- controls
@@ -208,7 +209,7 @@ class GenerationStream:
             for g, row in zip(self.gens, self.u_rows):
                 row.uniform_(generator=g)
         with torch.no_grad():
-            logits = lm.lm_head(self.h).float()
+            logits = st.text_logits()
             ban = self._text_ban()
             if self.text_greedy:
                 tok = (logits + ban).argmax(-1)
@@ -217,29 +218,30 @@ class GenerationStream:
                 tok = sample(logits, temperature=tp["temperature"], top_k=tp["top_k"], top_p=tp["top_p"],
                              do_sample=tp["do_sample"], ban=ban, uniforms=self.u[:, 0] if self.gens else None)
             host = tok.tolist()  # the one host sync of this group
-            speech_rows = [t == self.empty_id and not self.done[b] for b, t in enumerate(host)]
+            speech = [t == self.empty_id for t in host]
             codes = None
-            if any(speech_rows):
-                first = lm.hidden_downcast(self.h)
-                pick = self._greedy_pick if self.local_greedy else self._local_pick
-                codes = st.decode_patch(first, pick)
-                codes = torch.where((tok == self.empty_id)[:, None, None], codes, st.empty_codes)
+            if any(s and not d for s, d in zip(speech, self.done)):
+                codes = st.decode(self._greedy_pick if self.local_greedy else self._local_pick)
+                if not all(speech):
+                    codes = torch.where((tok == self.empty_id)[:, None, None], codes, st.empty_codes)
             group = torch.empty(self.B, self.C + 1, self.G, dtype=torch.long, device=self.out.device)
             group[:, 0] = tok[:, None]
             group[:, 1:] = st.empty_codes[:, None] if codes is None else codes.transpose(1, 2)
+            n = self.steps  # every unfinished row has made exactly this many groups
+            self.out[:, :, n * self.G: (n + 1) * self.G] = group
+            self.steps = n + 1
+            rows = group.unbind(0)
             results: list[torch.Tensor | None] = []
             for b in range(self.B):
                 if self.done[b]:
                     results.append(None)
                     continue
-                n = self.count[b]
-                self.out[b, :, n * self.G: (n + 1) * self.G] = group[b]
                 self.count[b] = n + 1
-                results.append(group[b])
+                results.append(rows[b])
                 if (host[b] in self.stop_ids[b] and n + 1 >= self.min_new[b]) or n + 1 >= self.max_new[b]:
                     self.done[b] = True
             if not self.finished:
-                self.h = st.step(st.group_embedding(tok, codes))
+                st.advance(tok, speech if codes is not None else [False] * self.B)
         return results
 
     def __iter__(self) -> Iterator[list[torch.Tensor | None]]:
