@@ -204,7 +204,7 @@ class GenerationStream:
         self._cancel.clear()
         if self.finished:
             raise StopIteration
-        lm, st = self.lm, self.st
+        st = self.st
         if self.gens is not None:
             for g, row in zip(self.gens, self.u_rows):
                 row.uniform_(generator=g)

@@ -164,7 +164,8 @@ class FastWeights:
                     bias[c.speech_zeroemb_idx[ch]] = NEG_INF
                     bs.append(bias)
                     cols.append(torch.arange(w.shape[0], device=dev) + j * vmax)
-                self.heads.append((torch.cat(bs), torch.cat(ws).t().contiguous(), torch.cat(cols)))
+                same = len({w.shape[0] for w in ws}) == 1
+                self.heads.append((torch.cat(bs), torch.cat(ws).t().contiguous(), None if same else torch.cat(cols)))
             self.table = lm.speech_table().detach()
             self.table2 = _neg2(self.table)  # patch-encoder stream [x, -x]
             self.offsets = lm.speech_offsets(dev)
@@ -240,7 +241,7 @@ class Stepper:
         B = batch
         bb = lm.backbone.cfg
         self.H, self.KV, self.hd, self.D = bb.heads, bb.kv_heads, bb.head_dim, bb.dim
-        H, KV, hd, D = self.H, self.KV, self.hd, self.D
+        H, KV, hd = self.H, self.KV, self.hd
         rep = H // KV
         kvw = 2 * KV * hd
         z = dict(dtype=dt, device=dev)
@@ -307,16 +308,33 @@ class Stepper:
         self.dgu = torch.zeros(B, 2 * dc.ffn, **z)
         self.dgate, self.dup = self.dgu[:, : dc.ffn], self.dgu[:, dc.ffn:]
         self.eps_dec = dc.eps
-        self.logits = [torch.full((B, len(step) * self.fw.vmax), NEG_INF, **z) for step in self.fw.sched]
-        self.logits3 = [lg.view(B, len(step), self.fw.vmax) for lg, step in zip(self.logits, self.fw.sched)]
+        # per step: the logits buffer (B, n * V) and its (B, n, V) view; V = vmax (-inf padded, scattered into)
+        # where the active channels' vocabularies differ, else their common size (written in place)
+        self.logits, self.logits3 = [], []
+        for (_b, hw, cols), step in zip(self.fw.heads, self.fw.sched):
+            V = self.fw.vmax if cols is not None else hw.shape[1] // len(step)
+            self.logits.append(torch.full((B, len(step) * V), NEG_INF, **z))
+            self.logits3.append(self.logits[-1].view(B, len(step), V))
         # sampled ids + channel offsets (rows of the speech table), in (frame, channel) order
-        self.ocodes = torch.zeros(B, G * C, dtype=torch.long, device=dev)
-        self.ocodes_flat = self.ocodes.view(-1)
+        # step-major buffer of sampled table rows: step p's (B, n_p) block is contiguous; one gather per group
+        # puts them in (frame, channel) order for the patch encoder and the output codes
+        sizes = [len(step) for step in self.fw.sched]
+        self.idx_all = torch.zeros(B * G * C, dtype=torch.long, device=dev)
+        self.idx, self.idx_flat, self.bags = [], [], []
+        order = torch.zeros(B, G, C, dtype=torch.long)
+        o = 0
+        for step, n in zip(self.fw.sched, sizes):
+            flat = self.idx_all[B * o: B * (o + n)]
+            self.idx_flat.append(flat)
+            self.idx.append(flat.view(B, n))
+            self.bags.append(torch.arange(0, B * n, n, device=dev))
+            for j, (ch, f) in enumerate(step):
+                order[:, f, ch] = B * o + torch.arange(B) * n + j
+            o += n
+        self.order = order.view(-1).to(dev)
+        self.ocodes_flat = torch.zeros(B * G * C, dtype=torch.long, device=dev)
+        self.ocodes = self.ocodes_flat.view(B, G * C)
         self.enc_bags = torch.arange(0, B * G * C, C, device=dev)
-        self.idx = [torch.zeros(B, len(step), dtype=torch.long, device=dev) for step in self.fw.sched]
-        self.idx_flat = [i.view(-1) for i in self.idx]
-        self.bags = [torch.arange(0, B * len(step), len(step), device=dev) for step in self.fw.sched]
-        self.write_idx = [torch.tensor([f * C + ch for ch, f in step], device=dev) for step in self.fw.sched]
         self.emb_off = [self.fw.offsets[[ch for ch, _ in step]] for step in self.fw.sched]
         self.flat_off = self.fw.offsets.repeat(G)
         self.empty_codes = torch.tensor(c.speech_zeroemb_idx, device=dev)
@@ -488,8 +506,11 @@ class Stepper:
             bp, wp = per_pos[p]
             n = _ln(R, width, w1, None, eps)[0]
             addmm(bp, n[:, :Dl], wp, out=row[p])
-            bmm(q[p], k[p], out=score)
-            bmm(softmax(score, -1), v[p], out=att3)
+            if p:
+                bmm(q[p], k[p], out=score)
+                bmm(softmax(score, -1), v[p], out=att3)
+            else:  # one key: the softmax weight is exactly 1
+                att3.copy_(v[0])
             R.addmm_(att, wo2)
             n = _ln(R, width, w2, None, eps)[0]
             mm(n[:, :Dl], wgu, out=dgu)
@@ -516,11 +537,14 @@ class Stepper:
         ocodes, table, s2l = self.ocodes, fw.dec_table, fw.s2l
         for p in range(S):
             bias, w, cols = fw.heads[p]
-            self.logits[p].index_copy_(1, cols, torch.addmm(bias, self._dec_layers(R, p), w))
-            idx = torch.add(pick(p, self.logits3[p]), self.emb_off[p], out=self.idx[p])
-            ocodes.index_copy_(1, self.write_idx[p], idx)
+            if cols is None:
+                torch.addmm(bias, self._dec_layers(R, p), w, out=self.logits[p])
+            else:
+                self.logits[p].index_copy_(1, cols, torch.addmm(bias, self._dec_layers(R, p), w))
+            torch.add(pick(p, self.logits3[p]), self.emb_off[p], out=self.idx[p])
             if p + 1 < S:
                 R = _bag(table, self.idx_flat[p], self.bags[p])
                 if s2l is not None:
                     R = torch.addmm(s2l[0], R, s2l[1])
+        torch.index_select(self.idx_all, 0, self.order, out=self.ocodes_flat)
         return (ocodes - self.flat_off).view(self.B, self.G, self.C)
