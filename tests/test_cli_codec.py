@@ -84,3 +84,16 @@ def test_console_script(tmp_path, tok, clip):
     run = subprocess.run(cmd + ["codec", "decode", str(tmp_path / "missing.safetensors"), "-o", str(tmp_path / "x.wav"),
                                 "--tokenizer", tok, "--device", "cpu"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "Traceback" not in run.stderr and run.stderr.startswith("mimo-audio: error:")
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path, tok, clip, monkeypatch, capsys):
+    import mimo_audio.cli as cli
+
+    monkeypatch.setattr(cli, "LONG_AUDIO_SECONDS", 0.0)  # treat the short clip as long
+    argv = ["codec", "roundtrip", str(clip), "-o", str(tmp_path / "o.wav"), "--tokenizer", tok, "--device", "cpu"]
+    assert main(argv) == 0
+    assert "encoding" not in capsys.readouterr().err  # stderr is not a terminal under pytest
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "encoding" in err and "decoding" in err
