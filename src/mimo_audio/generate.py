@@ -102,6 +102,8 @@ class GenerationStream:
     has finished). ``cancel(row)`` finishes a row at the next step. ``outputs()`` gives each row's generated
     columns so far ``(9, 4 * groups)``."""
 
+    CHUNK = 16  # groups of uniforms drawn per row generator call
+
     def __init__(self, lm, prompts, config=None, *, empty_id: int | None = None, greedy: bool = False):
         self.lm = lm
         self.empty_id = e = lm.resolve_empty_id(empty_id)
@@ -145,6 +147,9 @@ class GenerationStream:
         self.local_greedy = all(not p.do_sample for p in local_p) and all(
             (p.top_p in (None, 1.0)) for p in local_p)
         self.tp, self.lp = params_tensors(text_p, dev), params_tensors(local_p, dev)
+        # top-k candidates only (torch.topk) when every row sets top_k
+        self.text_kmax = max(p.top_k for p in text_p) if all(p.top_k for p in text_p) else None
+        self.local_kmax = max(p.top_k for p in local_p) if all(p.top_k for p in local_p) else None
         self.any_sampling = any(p.do_sample for p in text_p + local_p)
         ban = torch.zeros(B, V, dtype=torch.float32, device=dev)
         ban_stop = torch.zeros(B, V, dtype=torch.float32, device=dev)
@@ -161,8 +166,10 @@ class GenerationStream:
             seeds = [cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, ())) for cfg in cfgs]
             gdev = dev if dev.type != "cpu" else "cpu"
             self.gens = [torch.Generator(device=gdev).manual_seed(s) for s in seeds]
-            self.u = torch.zeros(B, 1 + self.st.S * C, device=dev)
-            self.u_rows = [self.u[b] for b in range(B)]
+            # uniforms for CHUNK groups per row are drawn at once from the row's own generator
+            self.u_all = torch.zeros(B, self.CHUNK, 1 + self.st.S * C, device=dev)
+            self.u_rows = [self.u_all[b] for b in range(B)]
+            self.u = self.u_all[:, 0]
         self.st.prefill(grid, valid)
         self._greedy_pick = lambda p, lg: lg.argmax(-1)
 
@@ -195,7 +202,7 @@ class GenerationStream:
         u = None if self.gens is None else self.u[:, 1 + p * self.C: 1 + p * self.C + logits.shape[1]]
         lp = self.lp
         return sample(logits, temperature=lp["temperature"], top_k=lp["top_k"], top_p=lp["top_p"],
-                      do_sample=lp["do_sample"], uniforms=u)
+                      do_sample=lp["do_sample"], uniforms=u, kmax=self.local_kmax)
 
     def step(self) -> list[torch.Tensor | None]:
         """Generate one group for every unfinished row."""
@@ -206,8 +213,11 @@ class GenerationStream:
             raise StopIteration
         st = self.st
         if self.gens is not None:
-            for g, row in zip(self.gens, self.u_rows):
-                row.uniform_(generator=g)
+            i = self.steps % self.CHUNK
+            if i == 0:
+                for g, row in zip(self.gens, self.u_rows):
+                    row.uniform_(generator=g)
+            self.u = self.u_all[:, i]
         with torch.no_grad():
             logits = st.text_logits()
             ban = self._text_ban()
@@ -216,7 +226,8 @@ class GenerationStream:
             else:
                 tp = self.tp
                 tok = sample(logits, temperature=tp["temperature"], top_k=tp["top_k"], top_p=tp["top_p"],
-                             do_sample=tp["do_sample"], ban=ban, uniforms=self.u[:, 0] if self.gens else None)
+                             do_sample=tp["do_sample"], ban=ban, uniforms=self.u[:, 0] if self.gens else None,
+                             kmax=self.text_kmax)
             host = tok.tolist()  # the one host sync of this group
             speech = [t == self.empty_id for t in host]
             codes = None

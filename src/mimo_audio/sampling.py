@@ -74,16 +74,37 @@ def sample_from(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
 
 def sample(logits: torch.Tensor, *, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
            do_sample: torch.Tensor, ban: torch.Tensor | None = None,
-           uniforms: torch.Tensor | None = None) -> torch.Tensor:
+           uniforms: torch.Tensor | None = None, kmax: int | None = None) -> torch.Tensor:
     """Full pipeline per row: filter, then add ``ban`` (0 / -inf, broadcastable; **after** top-p, so banned
-    mass still counts in the nucleus), then sample (rows with ``do_sample``) or argmax."""
-    x = filter_logits(logits, temperature, top_k, top_p)
-    if ban is not None:
-        x = x + ban
-    best = x.argmax(-1)
+    mass still counts in the nucleus), then sample (rows with ``do_sample``) or argmax.
+
+    Draws are inverse-CDF over the candidates in descending logit order, so a row's draw does not depend on
+    its batch mates. ``kmax`` (an int >= every row's ``top_k``, all > 0) restricts the work to the
+    ``torch.topk`` candidates instead of sorting the whole vocabulary (logits tied with a row's k-th largest
+    beyond the ``kmax`` candidates are then dropped rather than kept).
+    """
+    if kmax is None:
+        x = filter_logits(logits, temperature, top_k, top_p)
+        if ban is not None:
+            x = x + ban
+        if uniforms is None:
+            return x.argmax(-1)
+        vals, ids = x.sort(-1, descending=True)
+    else:
+        x = logits.float() / _rows(temperature.float(), logits)
+        vals, ids = x.topk(min(kmax, x.shape[-1]), -1)  # descending
+        k = top_k.clamp(1, vals.shape[-1])
+        kth = vals.gather(-1, _rows(k - 1, vals).expand(*vals.shape[:-1], 1))
+        asc = vals.masked_fill(vals < kth, NEG_INF).flip(-1)  # ascending, as filter_logits
+        remove = asc.softmax(-1).cumsum(-1) <= _rows(1.0 - top_p.float(), asc)
+        remove[..., -1] = False
+        vals = asc.masked_fill_(remove, NEG_INF).flip(-1)
+        if ban is not None:
+            vals = vals + ban.expand_as(x).gather(-1, ids)
+    best = ids.gather(-1, vals.argmax(-1, keepdim=True)).squeeze(-1)
     if uniforms is None:
         return best
-    drawn = sample_from(x, uniforms)
+    drawn = ids.gather(-1, sample_from(vals, uniforms).unsqueeze(-1)).squeeze(-1)
     return torch.where(_rows(do_sample, best), drawn, best)
 
 
