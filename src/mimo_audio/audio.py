@@ -19,13 +19,11 @@ averaged, the rate is converted with soxr.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ import numpy as np
 import torch
 
 from .errors import AudioInputError
+from .files import atomic_output
 
 MIN_RATE = 1_000
 MAX_RATE = 384_000
@@ -292,16 +291,8 @@ def save_audio(path: str | os.PathLike, wav: Any, sample_rate: int = 24000) -> P
         arr = np.clip(arr, -1.0, 1.0)
     import soundfile as sf
 
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            sf.write(handle, arr, rate, format=fmt, subtype=subtype)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as tmp:
+        sf.write(tmp, arr, rate, format=fmt, subtype=subtype)
     return path
 
 

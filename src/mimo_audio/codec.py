@@ -10,7 +10,6 @@ Length arithmetic (released config, SPEC §11): ``N`` samples -> ``1 + N // 240`
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,6 +24,7 @@ from .audio import load_audio, log_mel
 from .codec_modules import Decoder, Encoder, ResidualVQ, Vocoder
 from .config import TokenizerConfig
 from .errors import AudioInputError
+from .files import atomic_output
 
 SEGMENT_FRAMES = 6000  # mel frames per encoding segment (60 s; SPEC §1.3)
 GROUP_FRAMES = 256_000  # summed mel frames per reference batch (SPEC §1.3)
@@ -351,19 +351,10 @@ def load_codes(path: str | os.PathLike) -> tuple[torch.Tensor, dict]:
 
 def save_codes(path: str | os.PathLike, codes: torch.Tensor, sample_rate: int = 24000, **meta) -> Path:
     """Write codes ``(frames, n_q)`` under key ``codes`` with metadata, atomically."""
-    import tempfile
-
     from safetensors.torch import save_file
 
     path = Path(os.fspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    try:
-        metadata = {"sample_rate": str(sample_rate), **{k: str(v) for k, v in meta.items()}}
+    metadata = {"sample_rate": str(sample_rate), **{k: str(v) for k, v in meta.items()}}
+    with atomic_output(path) as tmp:
         save_file({"codes": codes.detach().cpu().to(torch.int64).contiguous()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     return path

@@ -442,21 +442,11 @@ class MimoAudio:
         return task, pb.build(task, messages=msgs, thinking=thinking, system_prompt=system_prompt), {}
 
     def _prep_few_shot(self, examples, audio, *, instruction: str | None = None, sample_rate=None):
-        if isinstance(examples, dict):
-            examples = [examples]
-        if not isinstance(examples, Sequence) or isinstance(examples, (str, bytes)) or not examples:
-            raise PromptError("few_shot needs a non-empty list of examples {'input': audio, 'output': audio, "
-                              "'transcript': str}")
+        from .prompt import check_examples
+
         encoded = []
-        for k, ex in enumerate(examples):
-            if not isinstance(ex, dict):
-                raise PromptError(f"example {k} must be a dict with 'input', 'output' and 'transcript'")
-            t = ex.get("transcript")
-            if not isinstance(t, str) or not t.strip():
-                raise PromptError(
-                    f"example {k} has no transcript; each example needs 'transcript', the text of its output audio "
-                    "(transcribe it first, e.g. with MimoAudio.transcribe)"
-                )
+        for k, ex in enumerate(check_examples(examples)):
+            t = ex["transcript"]
             encoded.append({"input": self._codes(ex.get("input"), sample_rate, f"example {k} input"),
                             "output": self._codes(ex.get("output"), sample_rate, f"example {k} output"),
                             "transcript": t})

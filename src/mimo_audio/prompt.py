@@ -334,6 +334,30 @@ def chat_task(messages: Sequence[Mapping], reply: str = "speech") -> str:
 ROLES = ("system", "user", "assistant")
 
 
+def check_examples(examples) -> list[Mapping]:
+    """Validate few-shot examples ``[{"input": audio, "output": audio, "transcript": str}, ...]``.
+
+    A single dict counts as a list of one. Raises :class:`PromptError` naming the example and the fix.
+    """
+    if isinstance(examples, Mapping):
+        examples = [examples]
+    if not isinstance(examples, Sequence) or isinstance(examples, (str, bytes)) or not examples:
+        raise PromptError("few_shot needs at least one example {'input': audio, 'output': audio, 'transcript': str}")
+    for k, ex in enumerate(examples):
+        if not isinstance(ex, Mapping):
+            raise PromptError(f"example {k} must be a dict with 'input', 'output' and 'transcript'")
+        transcript = ex.get("transcript")
+        if not isinstance(transcript, str) or not transcript.strip():
+            raise PromptError(
+                f"example {k} has no transcript; each example needs 'transcript', the text of its output audio "
+                "(transcribe it first, e.g. with MimoAudio.transcribe)"
+            )
+        for key in ("input", "output"):
+            if ex.get(key) is None:
+                raise PromptError(f"example {k} has no {key!r} audio; each example needs 'input' and 'output'")
+    return list(examples)
+
+
 class PromptBuilder:
     """Builds the ``(1 + C, 4·groups)`` prompt grid of every task (SPEC §6) for one tokenizer and layout.
 
@@ -604,21 +628,10 @@ class PromptBuilder:
 
         No instruction gives ``T("[Int]:\\n")``.
         """
-        if not examples:
-            raise PromptError("few_shot needs at least one example {'input': audio, 'output': audio, 'transcript': str}")
+        examples = check_examples(examples)
         parts = [self.T(ICL_PREFIX.format(instruction=instruction or ""))]
         for k, ex in enumerate(examples):
-            if not isinstance(ex, Mapping):
-                raise PromptError(f"example {k} must be a dict with 'input', 'output' and 'transcript'")
-            transcript = ex.get("transcript")
-            if not isinstance(transcript, str) or not transcript.strip():
-                raise PromptError(
-                    f"example {k} has no transcript; each example needs 'transcript', the text of its output audio "
-                    "(transcribe it first, e.g. with MimoAudio.transcribe)"
-                )
-            for key in ("input", "output"):
-                if ex.get(key) is None:
-                    raise PromptError(f"example {k} has no {key!r} audio; each example needs 'input' and 'output'")
+            transcript = ex["transcript"]
             parts += [self.A(ex["input"], f"example {k} input"), self.T("\n"),
                       self.S(transcript, ex["output"], f"example {k} output"), self.T(" \n\n")]
         parts += [self.A(audio, "query audio"), self.T("\n"), self.T("<|sostm|>")]
