@@ -8,6 +8,7 @@ groups by banning <|empty|>. Usage: python benchmarks/generate.py [--groups 40] 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -66,12 +67,13 @@ def measure(lm, batch, kind, groups, sample):
         stream.step()
         stream.step()
     ops = oc.n / 2
-    times = []
+    times, cpu = [], []
     for _ in range(groups):  # per-group times; the median resists other load on the machine
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         stream.step()
         times.append((time.perf_counter() - t) * 1000)
-    return sorted(times)[len(times) // 2], ops
+        cpu.append((time.thread_time() - c) * 1000)
+    return sorted(times)[len(times) // 2], sorted(cpu)[len(cpu) // 2], ops
 
 
 def main():
@@ -81,15 +83,17 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     lm = tiny_deep()
-    print(f"torch {torch.__version__}, {args.threads} thread(s), tiny-deep (36/16/6 layers, width 64)")
-    print("| sampler | batch | group | ms / group (median) | aten ops / group |")
-    print("|---|---|---|---|---|")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), tiny-deep (36/16/6 layers, width 64), "
+          f"load average before: {os.getloadavg()[0]:.2f}")
+    print("| sampler | batch | group | ms / group (median, wall) | CPU ms / group (median, thread) | aten ops / group |")
+    print("|---|---|---|---|---|---|")
     for sample in (False, True):
         for batch in (1, 8):
             for kind in ("audio", "text"):
-                ms, ops = measure(lm, batch, kind, args.groups, sample)
+                ms, cpu, ops = measure(lm, batch, kind, args.groups, sample)
                 name = "default preset (sampled)" if sample else "greedy"
-                print(f"| {name} | {batch} | {kind} | {ms:.2f} | {ops:.0f} |", flush=True)
+                print(f"| {name} | {batch} | {kind} | {ms:.2f} | {cpu:.2f} | {ops:.0f} |", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
