@@ -155,3 +155,30 @@ def test_training_loss_matches_definition():
     out.loss.backward()
     assert lm.patch_decoder.layers[0].attn.qkv.weight.grad is not None
     assert lm.speech_embeddings[0].weight.grad is not None
+
+
+def test_patch_decoder_samplers_see_the_empty_ids_and_ban_them_after_top_p():
+    """Samplers get the empty ids' real logits (banned mass counts in the nucleus, SPEC §5.3) and the per-step
+    ban marks exactly each active channel's empty id; argmax decoding keeps the ban in the bias."""
+    lm = tiny_lm(seed=4)
+    first = torch.randn(2, lm.config.local_dim)
+    seen = {True: [], False: []}
+    for in_bias in (True, False):
+        st = Stepper(lm, 2, 1, EMPTY)
+
+        def pick(p, logits, in_bias=in_bias, st=st):
+            seen[in_bias].append(logits.clone())
+            ban = torch.zeros_like(logits) if in_bias else st.fw.local_ban[p].expand_as(logits)
+            return (logits + ban).argmax(-1)
+
+        st.decode_patch(first, pick) if in_bias else st._decode(torch.cat([first, -first], -1), pick, False)
+    for p, step in enumerate(Stepper(lm, 2, 1, EMPTY).fw.sched):
+        for j, (ch, _f) in enumerate(step):
+            empty = lm.config.speech_zeroemb_idx[ch]
+            banned, open_ = seen[True][p][:, j], seen[False][p][:, j]
+            assert torch.isinf(banned[:, empty]).all() and torch.isfinite(open_[:, empty]).all()
+            v = lm.config.speech_vocab_size[ch]
+            keep = [i for i in range(v) if i != empty]
+            assert torch.allclose(banned[:, keep], open_[:, keep], atol=1e-6)
+            ban = Stepper(lm, 2, 1, EMPTY).fw.local_ban[p][j]
+            assert torch.isinf(ban).nonzero().flatten().tolist() == [empty]

@@ -76,3 +76,20 @@ def test_bad_params():
         SamplingParams(temperature=0)
     with pytest.raises(ValueError):
         SamplingParams(top_p=1.5)
+
+
+@pytest.mark.parametrize("kmax", [None, 2])
+@pytest.mark.parametrize("sampled", [False, True])
+def test_ban_is_never_broken_when_the_filters_keep_only_banned_ids(kmax, sampled):
+    """top-k = 2 keeps ids 0 and 1, both banned: the reference would sample from NaNs; we take the most likely
+    allowed id instead (here 2), in the full-sort and the top-k paths, sampled or not."""
+    x = torch.tensor([[5.0, 4.0, 3.0, 1.0]])
+    ban = torch.tensor([[float("-inf"), float("-inf"), 0.0, 0.0]])
+    kw = dict(temperature=torch.ones(1), top_k=torch.tensor([2]), top_p=torch.ones(1),
+              do_sample=torch.tensor([sampled]), ban=ban, kmax=kmax)
+    for u in (0.0, 0.5, 0.99):
+        assert int(sample(x, uniforms=torch.tensor([u]) if sampled else None, **kw)) == 2
+    # rows whose nucleus holds an allowed id are untouched by the fallback
+    ok = torch.tensor([[5.0, 4.0, 3.0, 1.0]])
+    kw["ban"] = torch.tensor([[float("-inf"), 0.0, 0.0, 0.0]])
+    assert int(sample(ok, uniforms=torch.tensor([0.3]) if sampled else None, **kw)) == 1

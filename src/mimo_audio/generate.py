@@ -202,7 +202,7 @@ class GenerationStream:
         u = None if self.gens is None else self.u[:, 1 + p * self.C: 1 + p * self.C + logits.shape[1]]
         lp = self.lp
         return sample(logits, temperature=lp["temperature"], top_k=lp["top_k"], top_p=lp["top_p"],
-                      do_sample=lp["do_sample"], uniforms=u, kmax=self.local_kmax)
+                      do_sample=lp["do_sample"], ban=self.st.fw.local_ban[p], uniforms=u, kmax=self.local_kmax)
 
     def step(self) -> list[torch.Tensor | None]:
         """Generate one group for every unfinished row."""
@@ -232,7 +232,8 @@ class GenerationStream:
             speech = [t == self.empty_id for t in host]
             codes = None
             if any(s and not d for s, d in zip(speech, self.done)):
-                codes = st.decode(self._greedy_pick if self.local_greedy else self._local_pick)
+                codes = (st.decode(self._greedy_pick) if self.local_greedy
+                         else st.decode(self._local_pick, ban_in_bias=False))
                 if not all(speech):
                     codes = torch.where((tok == self.empty_id)[:, None, None], codes, st.empty_codes)
             group = torch.empty(self.B, self.C + 1, self.G, dtype=torch.long, device=self.out.device)

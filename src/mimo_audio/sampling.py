@@ -88,7 +88,7 @@ def sample(logits: torch.Tensor, *, temperature: torch.Tensor, top_k: torch.Tens
         if ban is not None:
             x = x + ban
         if uniforms is None:
-            return x.argmax(-1)
+            return _allowed(x.argmax(-1), x.amax(-1), logits, ban)
         vals, ids = x.sort(-1, descending=True)
     else:
         x = logits.float() / _rows(temperature.float(), logits)
@@ -101,11 +101,22 @@ def sample(logits: torch.Tensor, *, temperature: torch.Tensor, top_k: torch.Tens
         vals = asc.masked_fill_(remove, NEG_INF).flip(-1)
         if ban is not None:
             vals = vals + ban.expand_as(x).gather(-1, ids)
-    best = ids.gather(-1, vals.argmax(-1, keepdim=True)).squeeze(-1)
-    if uniforms is None:
-        return best
-    drawn = ids.gather(-1, sample_from(vals, uniforms).unsqueeze(-1)).squeeze(-1)
-    return torch.where(_rows(do_sample, best), drawn, best)
+    best_at = vals.argmax(-1, keepdim=True)
+    best = ids.gather(-1, best_at).squeeze(-1)
+    if uniforms is not None:
+        drawn = ids.gather(-1, sample_from(vals, uniforms).unsqueeze(-1)).squeeze(-1)
+        best = torch.where(_rows(do_sample, best), drawn, best)
+    return _allowed(best, vals.gather(-1, best_at).squeeze(-1), logits, ban)
+
+
+def _allowed(chosen: torch.Tensor, chosen_logit: torch.Tensor, logits: torch.Tensor,
+             ban: torch.Tensor | None) -> torch.Tensor:
+    """A ban is never broken: where the filters left only banned tokens (``chosen_logit`` is -inf; the
+    reference would sample from NaNs there), take the most likely allowed token instead."""
+    if ban is None:
+        return chosen
+    fallback = (logits.float() + ban).argmax(-1)
+    return torch.where(chosen_logit == NEG_INF, fallback, chosen)
 
 
 def params_tensors(params: list[SamplingParams], device=None) -> dict[str, torch.Tensor]:

@@ -154,7 +154,10 @@ class FastWeights:
             sched = delay_schedule(c.delay_pattern, c.group_size)
             vmax = max(c.speech_vocab_size)
             self.vmax = vmax
-            self.heads = []  # per step: (bias, weight (Dl, sum V), columns in the (n, vmax) padded logits)
+            # per step: (bias, weight (Dl, sum V), columns in the (n, vmax) padded logits). The bias bans each
+            # channel's empty id (argmax decoding); samplers, which must ban after top-p (SPEC §5.3), use the
+            # zero bias of `heads_open` and the per-step `local_ban` (n, vmax) instead.
+            self.heads, self.heads_open, self.local_ban = [], [], []
             for step in sched:
                 ws, bs, cols = [], [], []
                 for j, (ch, _frame) in enumerate(step):
@@ -165,7 +168,13 @@ class FastWeights:
                     bs.append(bias)
                     cols.append(torch.arange(w.shape[0], device=dev) + j * vmax)
                 same = len({w.shape[0] for w in ws}) == 1
-                self.heads.append((torch.cat(bs), torch.cat(ws).t().contiguous(), None if same else torch.cat(cols)))
+                ban = torch.zeros(len(step), ws[0].shape[0] if same else vmax, dtype=torch.float32, device=dev)
+                for j, (ch, _frame) in enumerate(step):
+                    ban[j, c.speech_zeroemb_idx[ch]] = NEG_INF
+                weight, columns = torch.cat(ws).t().contiguous(), None if same else torch.cat(cols)
+                self.heads.append((torch.cat(bs), weight, columns))
+                self.heads_open.append((torch.zeros_like(self.heads[-1][0]), weight, columns))
+                self.local_ban.append(ban)
             self.table = lm.speech_table().detach()
             self.table2 = _neg2(self.table)  # patch-encoder stream [x, -x]
             self.offsets = lm.speech_offsets(dev)
@@ -519,9 +528,13 @@ class Stepper:
         return _ln(R, width, self.fw.dec_norm, None, eps)[0][:, :Dl]
 
     @torch.no_grad()
-    def decode(self, pick) -> torch.Tensor:
-        """The patch decoder from the newest backbone position; see :meth:`decode_patch`."""
-        return self._decode(torch.mm(self.n, self.fw.first), pick)
+    def decode(self, pick, *, ban_in_bias: bool = True) -> torch.Tensor:
+        """The patch decoder from the newest backbone position; see :meth:`decode_patch`.
+
+        ``ban_in_bias=False`` leaves the empty ids in the logits handed to ``pick``, which must then ban them
+        itself (``FastWeights.local_ban[step]``): samplers ban after top-p.
+        """
+        return self._decode(torch.mm(self.n, self.fw.first), pick, ban_in_bias)
 
     @torch.no_grad()
     def decode_patch(self, first: torch.Tensor, pick) -> torch.Tensor:
@@ -532,11 +545,12 @@ class Stepper:
         """
         return self._decode(torch.cat([first, -first], -1), pick)
 
-    def _decode(self, R: torch.Tensor, pick) -> torch.Tensor:
+    def _decode(self, R: torch.Tensor, pick, ban_in_bias: bool = True) -> torch.Tensor:
         fw, S = self.fw, self.S
+        heads = fw.heads if ban_in_bias else fw.heads_open
         ocodes, table, s2l = self.ocodes, fw.dec_table, fw.s2l
         for p in range(S):
-            bias, w, cols = fw.heads[p]
+            bias, w, cols = heads[p]
             if cols is None:
                 torch.addmm(bias, self._dec_layers(R, p), w, out=self.logits[p])
             else:
