@@ -132,6 +132,8 @@ def test_too_long_array_and_bad_rates():
 def test_bad_arrays():
     _expect("NaN", np.array([0.0, np.nan, 0.1], np.float32), sample_rate=RATE)
     _expect("empty", np.zeros(0, np.float32), sample_rate=RATE)
+    _expect("empty", np.zeros((0, 1), np.float16), sample_rate=RATE)  # read as 1 frame x 0 channels
+    _expect("empty", np.zeros((3, 0), np.float32), sample_rate=RATE)
     _expect("single number", np.float32(0.5), sample_rate=RATE)
     _expect("1-D or 2-D", np.zeros((2, 3, 400), np.float32), sample_rate=RATE)
     _expect("dtype", np.zeros(100, np.complex64), sample_rate=RATE)

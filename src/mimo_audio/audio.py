@@ -159,8 +159,8 @@ def _from_array(data, sample_rate, target_rate, max_seconds, max_channels, what)
         raise AudioInputError(f"{what}: cannot read an object array as audio; pass numeric samples")
     rate = check_rate(sample_rate, what)  # before any work on the samples
     frames = _array_frames(arr, max_channels, what)
-    if frames.shape[0] == 0:
-        raise AudioInputError(f"{what}: the audio is empty (0 samples)")
+    if frames.size == 0:  # no frames, or frames without channels (e.g. shape (0, 1) read as 1 x 0)
+        raise AudioInputError(f"{what}: the audio is empty (0 samples), shape {tuple(arr.shape)}")
     _check_duration(frames.shape[0], rate, max_seconds, what)
     frames = _scale(frames, what)
     _check_finite(frames, what)
