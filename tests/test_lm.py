@@ -94,6 +94,8 @@ def test_load_round_trip_and_strictness(tmp_path):
 
 
 def test_cache_equals_no_cache():
+    """The generation path (prefill, then per group decode + advance, patch encoder included) against one full
+    forward: audio groups are fed through the patch decoder with their own codes (teacher-forced picks)."""
     lm = tiny_lm()
     G = lm.config.group_size
     grid = random_grid(lm, 9)
@@ -103,13 +105,19 @@ def test_cache_equals_no_cache():
     st = Stepper(lm, 1, 12, EMPTY)
     h = st.prefill(grid[None, :, : k * G], torch.ones(1, k, dtype=torch.bool))
     assert torch.allclose(lm.lm_head(h), full.text_logits[:, k - 1], atol=1e-5)
+    n_speech = 0
     for n in range(k, 9):
         group = grid[:, n * G: (n + 1) * G]
         text = group[0, :1]
-        codes = group[1:].T[None] if int(text) == EMPTY else None
-        h = st.step(st.group_embedding(text, codes))
-        assert torch.allclose(lm.lm_head(h), full.text_logits[:, n], atol=1e-5), n
-        assert torch.allclose(lm.hidden_downcast(h), full.local_inputs[:, n], atol=1e-5)
+        speech = int(text) == EMPTY
+        if speech:
+            codes = group[1:].T  # (G, C)
+            st.decode(lambda p, logits, codes=codes: torch.stack([codes[f, ch] for ch, f in st.fw.sched[p]])[None])
+            n_speech += 1
+        st.advance(text, [speech])
+        assert torch.allclose(st.text_logits(), full.text_logits[:, n], atol=1e-5), n
+        assert torch.allclose(lm.hidden_downcast(st.n), full.local_inputs[:, n], atol=1e-5)
+    assert 0 < n_speech < 9 - k  # both kinds of group were fed
 
 
 def test_teacher_forced_logits_equal_greedy_decoding():

@@ -97,6 +97,10 @@ def _check_prompts(lm, prompts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
+def _argmax(step: int, logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(-1)
+
+
 class GenerationStream:
     """Iterator over generated groups: each step yields ``list[LongTensor (9, G) | None]`` (``None`` once a row
     has finished). ``cancel(row)`` finishes a row at the next step. ``outputs()`` gives each row's generated
@@ -142,15 +146,13 @@ class GenerationStream:
         V = c.vocab_size
         text_p = [GREEDY if greedy else cfg.text for cfg in cfgs]
         local_p = [GREEDY if greedy else cfg.local for cfg in cfgs]
-        self.text_greedy = all(not p.do_sample for p in text_p) and all(
-            (p.top_p in (None, 1.0)) for p in text_p)
-        self.local_greedy = all(not p.do_sample for p in local_p) and all(
-            (p.top_p in (None, 1.0)) for p in local_p)
+        # argmax rows ignore top-k/top-p (the filters keep the top of the ranking): plain argmax paths
+        self.text_greedy = all(not p.do_sample for p in text_p)
+        self.local_greedy = all(not p.do_sample for p in local_p)
         self.tp, self.lp = params_tensors(text_p, dev), params_tensors(local_p, dev)
         # top-k candidates only (torch.topk) when every row sets top_k
         self.text_kmax = max(p.top_k for p in text_p) if all(p.top_k for p in text_p) else None
         self.local_kmax = max(p.top_k for p in local_p) if all(p.top_k for p in local_p) else None
-        self.any_sampling = any(p.do_sample for p in text_p + local_p)
         ban = torch.zeros(B, V, dtype=torch.float32, device=dev)
         ban_stop = torch.zeros(B, V, dtype=torch.float32, device=dev)
         for b, cfg in enumerate(cfgs):
@@ -162,7 +164,7 @@ class GenerationStream:
         self.gate = torch.zeros(B, 1, dtype=torch.bool, device=dev)  # True: still below min_new (stop ids banned)
         self._gate_host: list[bool] | None = None
         self.gens = None
-        if self.any_sampling:
+        if not (self.text_greedy and self.local_greedy):
             seeds = [cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, ())) for cfg in cfgs]
             gdev = dev if dev.type != "cpu" else "cpu"
             self.gens = [torch.Generator(device=gdev).manual_seed(s) for s in seeds]
@@ -171,7 +173,6 @@ class GenerationStream:
             self.u_rows = [self.u_all[b] for b in range(B)]
             self.u = self.u_all[:, 0]
         self.st.prefill(grid, valid)
-        self._greedy_pick = lambda p, lg: lg.argmax(-1)
 
     # -------------------------------------------------------------------------------- controls
     def cancel(self, row: int) -> None:
@@ -232,7 +233,7 @@ class GenerationStream:
             speech = [t == self.empty_id for t in host]
             codes = None
             if any(s and not d for s, d in zip(speech, self.done)):
-                codes = (st.decode(self._greedy_pick) if self.local_greedy
+                codes = (st.decode(_argmax) if self.local_greedy
                          else st.decode(self._local_pick, ban_in_bias=False))
                 if not all(speech):
                     codes = torch.where((tok == self.empty_id)[:, None, None], codes, st.empty_codes)

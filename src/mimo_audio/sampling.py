@@ -41,6 +41,20 @@ def _rows(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.view((-1,) + (1,) * (like.dim() - 1))
 
 
+def _filter_sorted(asc: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Top-k then top-p on temperature-scaled logits already sorted **ascending** along the last axis (all of
+    them, or just the largest candidates): drop values strictly below the k-th largest (k <= 0 keeps all), then
+    those whose ascending cumulative softmax is <= 1 - p; the largest is always kept."""
+    V = asc.shape[-1]
+    k = top_k.clamp(0, V)
+    k = torch.where(k > 0, k, V)
+    kth = asc.gather(-1, _rows(V - k, asc).expand(*asc.shape[:-1], 1))
+    asc = asc.masked_fill(asc < kth, NEG_INF)
+    remove = asc.softmax(-1).cumsum(-1) <= _rows(1.0 - top_p.float(), asc)
+    remove[..., -1] = False
+    return asc.masked_fill_(remove, NEG_INF)
+
+
 def filter_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
                   top_p: torch.Tensor) -> torch.Tensor:
     """Temperature, then top-k (drop logits strictly below the k-th largest; k <= 0 keeps all), then top-p
@@ -51,17 +65,8 @@ def filter_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
     [[-inf, 3.0, 3.0, -inf]]
     """
     x = logits.float() / _rows(temperature.float(), logits)
-    V = x.shape[-1]
-    srt, idx = x.sort(-1)
-    k = top_k.clamp(0, V)
-    k = torch.where(k > 0, k, V)
-    kth = srt.gather(-1, _rows(V - k, x).expand(*x.shape[:-1], 1))
-    srt = srt.masked_fill(srt < kth, NEG_INF)
-    cum = srt.softmax(-1).cumsum(-1)
-    remove = cum <= _rows(1.0 - top_p.float(), x)
-    remove[..., -1] = False
-    srt = srt.masked_fill(remove, NEG_INF)
-    return torch.empty_like(x).scatter_(-1, idx, srt)
+    asc, idx = x.sort(-1)
+    return torch.empty_like(x).scatter_(-1, idx, _filter_sorted(asc, top_k, top_p))
 
 
 def sample_from(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -76,47 +81,36 @@ def sample(logits: torch.Tensor, *, temperature: torch.Tensor, top_k: torch.Tens
            do_sample: torch.Tensor, ban: torch.Tensor | None = None,
            uniforms: torch.Tensor | None = None, kmax: int | None = None) -> torch.Tensor:
     """Full pipeline per row: filter, then add ``ban`` (0 / -inf, broadcastable; **after** top-p, so banned
-    mass still counts in the nucleus), then sample (rows with ``do_sample``) or argmax.
+    mass still counts in the nucleus), then sample (rows with ``do_sample`` when ``uniforms`` are given) or
+    argmax.
+
+    Argmax rows take the most likely allowed id: the filters always keep the top of the ranking, so filtering
+    cannot change it. The same id stands in for a draw when the filters kept only banned ids (the reference would
+    sample from NaNs there): a ban is never broken.
 
     Draws are inverse-CDF over the candidates in descending logit order, so a row's draw does not depend on
-    its batch mates. ``kmax`` (an int >= every row's ``top_k``, all > 0) restricts the work to the
-    ``torch.topk`` candidates instead of sorting the whole vocabulary (logits tied with a row's k-th largest
-    beyond the ``kmax`` candidates are then dropped rather than kept).
+    its batch mates. ``kmax`` (an int >= every row's ``top_k``, all > 0) restricts the candidates to
+    ``torch.topk`` instead of sorting the whole vocabulary (logits tied with a row's k-th largest beyond the
+    ``kmax`` candidates are then dropped rather than kept).
     """
+    allowed = logits.float() if ban is None else logits.float() + ban
+    best = allowed.argmax(-1)
+    if uniforms is None:
+        return best
+    x = logits.float() / _rows(temperature.float(), logits)
     if kmax is None:
-        x = filter_logits(logits, temperature, top_k, top_p)
-        if ban is not None:
-            x = x + ban
-        if uniforms is None:
-            return _allowed(x.argmax(-1), x.amax(-1), logits, ban)
-        vals, ids = x.sort(-1, descending=True)
+        asc, ids = x.sort(-1)
     else:
-        x = logits.float() / _rows(temperature.float(), logits)
-        vals, ids = x.topk(min(kmax, x.shape[-1]), -1)  # descending
-        k = top_k.clamp(1, vals.shape[-1])
-        kth = vals.gather(-1, _rows(k - 1, vals).expand(*vals.shape[:-1], 1))
-        asc = vals.masked_fill(vals < kth, NEG_INF).flip(-1)  # ascending, as filter_logits
-        remove = asc.softmax(-1).cumsum(-1) <= _rows(1.0 - top_p.float(), asc)
-        remove[..., -1] = False
-        vals = asc.masked_fill_(remove, NEG_INF).flip(-1)
-        if ban is not None:
-            vals = vals + ban.expand_as(x).gather(-1, ids)
-    best_at = vals.argmax(-1, keepdim=True)
-    best = ids.gather(-1, best_at).squeeze(-1)
-    if uniforms is not None:
-        drawn = ids.gather(-1, sample_from(vals, uniforms).unsqueeze(-1)).squeeze(-1)
-        best = torch.where(_rows(do_sample, best), drawn, best)
-    return _allowed(best, vals.gather(-1, best_at).squeeze(-1), logits, ban)
-
-
-def _allowed(chosen: torch.Tensor, chosen_logit: torch.Tensor, logits: torch.Tensor,
-             ban: torch.Tensor | None) -> torch.Tensor:
-    """A ban is never broken: where the filters left only banned tokens (``chosen_logit`` is -inf; the
-    reference would sample from NaNs there), take the most likely allowed token instead."""
-    if ban is None:
-        return chosen
-    fallback = (logits.float() + ban).argmax(-1)
-    return torch.where(chosen_logit == NEG_INF, fallback, chosen)
+        vals, ids = x.topk(min(kmax, x.shape[-1]), -1)
+        asc, ids = vals.flip(-1), ids.flip(-1)
+    vals, ids = _filter_sorted(asc, top_k, top_p).flip(-1), ids.flip(-1)  # descending
+    if ban is not None:
+        vals = vals + ban.expand_as(x).gather(-1, ids)
+    drawn = ids.gather(-1, sample_from(vals, uniforms).unsqueeze(-1)).squeeze(-1)
+    keep = _rows(do_sample, drawn)
+    if ban is not None:
+        keep = keep & (vals.amax(-1) > NEG_INF)
+    return torch.where(keep, drawn, best)
 
 
 def params_tensors(params: list[SamplingParams], device=None) -> dict[str, torch.Tensor]:

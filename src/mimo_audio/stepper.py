@@ -234,8 +234,7 @@ class Stepper:
 
     Fast path (used by :mod:`mimo_audio.generate`): :meth:`prefill`, then per group :meth:`text_logits`,
     :meth:`decode` (patch decoder from the current backbone state) and :meth:`advance` (embed the new group and
-    run the backbone). The older per-piece API (:meth:`step`, :meth:`group_embedding`, :meth:`decode_patch`)
-    stays for tests and callers that hold embeddings or decoder inputs themselves.
+    run the backbone). :meth:`decode_patch` runs the patch decoder from a given first input instead.
     """
 
     BUCKET = 256
@@ -373,11 +372,8 @@ class Stepper:
         self.pos.copy_(valid.long().sum(-1))
         self.t = N
         self.t_idx.fill_(N)
-        self._set_normed(h)
-        return h
-
-    def _set_normed(self, h: torch.Tensor) -> None:
         self.n = h
+        return h
 
     def _run(self, s: _Stream, R: torch.Tensor, attend) -> torch.Tensor:
         """The blocks of one stack on the stream ``R`` (padded: ``(rows, 2D)`` updated in place; compact: its
@@ -432,18 +428,6 @@ class Stepper:
         self.pos.add_(1)
 
     @torch.no_grad()
-    def step(self, x: torch.Tensor) -> torch.Tensor:
-        """One backbone step on the input embeddings ``x`` ``(B, D)`` of the newest group; returns the normed
-        hidden state ``(B, D)``."""
-        if self.padded:
-            R = torch.cat([x, -x], -1)
-        else:
-            R = None
-            self.bbs.R1.copy_(x)
-        self._backbone(R)
-        return self.n
-
-    @torch.no_grad()
     def text_logits(self) -> torch.Tensor:
         """Text logits ``(B, vocab)`` (float32) of the newest position."""
         out = torch.mm(self.n, self.fw.lm_head)
@@ -489,20 +473,6 @@ class Stepper:
 
         n = self._run(s, R, attend)
         return torch.mm((n if pad else n[:, : s.D]).reshape(B, -1), self.fw.downcast)
-
-    @torch.no_grad()
-    def group_embedding(self, text: torch.Tensor, codes: torch.Tensor | None) -> torch.Tensor:
-        """Input embedding ``(B, D)`` of a generated group: ``text`` ``(B,)``, ``codes`` ``(B, G, C)`` or None
-        when no row is audio (SPEC §4.3)."""
-        lm = self.lm
-        is_speech = (text == self.empty_id).unsqueeze(-1)
-        x = lm.embed_tokens(text).masked_fill(is_speech, 0.0)
-        if codes is None:
-            return x
-        patch = F.embedding(codes + self.fw.offsets, self.fw.table).sum(-2)  # (B, G, Di)
-        patch = lm.patch_encoder(patch, torch.arange(self.G, device=self.dev)[None])
-        speech = lm.group_downcast(patch.reshape(self.B, -1)).masked_fill_(~is_speech, 0.0)
-        return x.add_(speech)
 
     # ------------------------------------------------------------------ patch decoder
     def _dec_layers(self, R: torch.Tensor, p: int) -> torch.Tensor:
