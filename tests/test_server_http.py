@@ -428,6 +428,10 @@ def test_timeout_gives_504():
         err = assert_openai_error(c.post("/v1/audio/speech", json={"model": MODEL, "input": "x",
                                                                    "max_new_tokens": 8}), 504)
         assert err["code"] == "timeout"
+        # once streaming has started, the same error arrives as an SSE event with the same fields
+        events = sse_events(c.post("/v1/audio/speech", json={"model": MODEL, "input": "x", "max_new_tokens": 8,
+                                                             "stream_format": "sse"}).text)
+        assert events[-1]["type"] == "error" and events[-1]["error"] == err
 
 
 def test_client_disconnect_cancels_its_row():

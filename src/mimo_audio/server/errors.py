@@ -65,6 +65,14 @@ class APIError(StarletteHTTPException):
                               headers=self.headers)
 
 
+def stream_error(exc: Exception) -> dict:
+    """The ``error`` object for an SSE error event, once a streamed response has started (same fields and types
+    as an error response)."""
+    if isinstance(exc, APIError):
+        return error_body(exc.status_code, exc.message, type=exc.type, param=exc.param, code=exc.code)["error"]
+    return error_body(500, "Generation failed; see the server log")["error"]
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
 

@@ -10,8 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from .batcher import JobTimeout
-from .errors import APIError, bad_request
+from .errors import APIError, bad_request, stream_error
 from .media import (
     OUTPUT_FORMATS,
     check_output_format,
@@ -32,13 +31,6 @@ router = APIRouter()
 
 def _service(request: Request) -> Service:
     return request.app.state.service
-
-
-def _stream_error(exc: Exception) -> dict:
-    if isinstance(exc, APIError):
-        return {"message": exc.message, "type": exc.type or "server_error", "param": exc.param, "code": exc.code}
-    return {"message": "Generation failed; see the server log", "type": "server_error", "param": None,
-            "code": None}
 
 
 # ==================================================================================== speech
@@ -101,11 +93,11 @@ async def create_speech(body: SpeechRequest, request: Request):
                     usage = _usage(reply)
                     yield event({"type": "speech.audio.done", "usage": usage})
             svc.metrics.audio_out.inc(out_samples / rate)
-        except (ClientGone, JobTimeout, APIError) as exc:
-            if isinstance(exc, ClientGone):
-                return
+        except ClientGone:
+            return
+        except APIError as exc:  # JobTimeout included
             if sse:
-                yield event({"type": "error", "error": _stream_error(exc)})
+                yield event({"type": "error", "error": stream_error(exc)})
             log.warning("speech stream ended early: %s", exc)
 
     if sse:
@@ -215,10 +207,10 @@ async def create_transcription(
             except ClientGone:
                 for job in jobs:
                     job.cancel("client")
-            except (JobTimeout, APIError) as exc:
+            except APIError as exc:  # JobTimeout included
                 for job in jobs:
                     job.cancel("error")
-                yield event({"type": "error", "error": _stream_error(exc)})
+                yield event({"type": "error", "error": stream_error(exc)})
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 

@@ -10,10 +10,8 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from .batcher import JobTimeout
-from .errors import APIError, bad_request
+from .errors import APIError, bad_request, stream_error
 from .media import check_output_format, encode_audio, to_int16, wav_stream_header
-from .routes_audio import _stream_error
 from .schemas import ChatRequest
 from .service import ClientGone, Service, tensor_to_numpy
 from .sse import DONE, PING, SSE_HEADERS, event
@@ -197,8 +195,8 @@ async def create_chat_completion(body: ChatRequest, request: Request):
             yield DONE
         except ClientGone:
             return
-        except (JobTimeout, APIError) as exc:
-            yield event({"error": _stream_error(exc)})
+        except APIError as exc:  # JobTimeout included
+            yield event({"error": stream_error(exc)})
             yield DONE
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
