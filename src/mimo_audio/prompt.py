@@ -502,30 +502,26 @@ class PromptBuilder:
         ``system`` message gives the system prompt. User turns take audio, text or both (the reference uses
         audio); earlier assistant turns need both their text and their audio codes.
         """
-        msgs, system_prompt = self._messages(messages, system_prompt)
+        def assistant(i, m):
+            text, audio = m.get("text"), m.get("audio")
+            if not isinstance(text, str) or not text.strip():
+                raise PromptError(
+                    f"assistant message {i} has no text; spoken dialogue history needs each earlier reply's "
+                    "text and audio (keep the Reply's .text), or use reply='text'"
+                )
+            if audio is None:
+                raise PromptError(
+                    f"assistant message {i} has no audio; spoken dialogue history needs each earlier reply's "
+                    "audio codes, or use reply='text' for a text conversation"
+                )
+            return [self.T("<|im_start|>assistant\n"), self.S(text, audio, f"assistant message {i} audio"),
+                    self.T("<|im_end|>\n")]
+
         parts = []
         if voice is not None:
             parts += [self.T("<|im_start|>system\n"), self.T(VOICE_INTRO), self.A(voice, "voice"),
                       self.T("<|im_end|>\n")]
-        first = True
-        for i, m in msgs:
-            if m["role"] == "user":
-                parts += self._user_turn(i, m, system_prompt if first else None)
-                first = False
-            else:
-                text, audio = m.get("text"), m.get("audio")
-                if not isinstance(text, str) or not text.strip():
-                    raise PromptError(
-                        f"assistant message {i} has no text; spoken dialogue history needs each earlier reply's "
-                        "text and audio (keep the Reply's .text), or use reply='text'"
-                    )
-                if audio is None:
-                    raise PromptError(
-                        f"assistant message {i} has no audio; spoken dialogue history needs each earlier reply's "
-                        "audio codes, or use reply='text' for a text conversation"
-                    )
-                parts += [self.T("<|im_start|>assistant\n"), self.S(text, audio, f"assistant message {i} audio"),
-                          self.T("<|im_end|>\n")]
+        parts += self._conversation(messages, system_prompt, assistant)
         parts.append(self.T("<|im_start|>assistant\n<|sostm|>"))
         return self.join(parts)
 
@@ -547,18 +543,13 @@ class PromptBuilder:
 
         ``system_prompt`` (not in the reference's text formats) goes where spoken dialogue puts it.
         """
-        msgs, system_prompt = self._messages(messages, system_prompt)
-        parts = []
-        first = True
-        for i, m in msgs:
-            if m["role"] == "user":
-                parts += self._user_turn(i, m, system_prompt if first else None)
-                first = False
-            else:
-                text = m.get("text")
-                if not isinstance(text, str) or not text.strip():
-                    raise PromptError(f"assistant message {i} has no text; pass the earlier reply's text")
-                parts += [self.T("<|im_start|>assistant\n"), self.T(text), self.T("<|im_end|>\n")]
+        def assistant(i, m):
+            text = m.get("text")
+            if not isinstance(text, str) or not text.strip():
+                raise PromptError(f"assistant message {i} has no text; pass the earlier reply's text")
+            return [self.T("<|im_start|>assistant\n"), self.T(text), self.T("<|im_end|>\n")]
+
+        parts = self._conversation(messages, system_prompt, assistant)
         parts += [self.T("<|im_start|>assistant\n"), self.T(THINK if thinking else NO_THINK)]
         return self.join(parts)
 
@@ -571,6 +562,19 @@ class PromptBuilder:
                                            system_prompt=system_prompt)
 
     text_dialogue_multiturn = s2t_dialogue_multiturn
+
+    def _conversation(self, messages, system_prompt, assistant) -> list[torch.Tensor]:
+        """The turns of a conversation: user turns (the system prompt goes into the first one) and
+        ``assistant(i, message)`` for earlier replies."""
+        msgs, system_prompt = self._messages(messages, system_prompt)
+        parts, first = [], True
+        for i, m in msgs:
+            if m["role"] == "user":
+                parts += self._user_turn(i, m, system_prompt if first else None)
+                first = False
+            else:
+                parts += assistant(i, m)
+        return parts
 
     def _messages(self, messages, system_prompt):
         if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
