@@ -295,6 +295,7 @@ def test_chat_text_and_audio(client, fake):
 
 
 def test_chat_stream(client):
+    out_before = _metric(client.get("/metrics").text, "mimo_audio_audio_output_seconds_total")
     r = client.post("/v1/chat/completions", json={
         "model": MODEL, "stream": True, "max_new_tokens": 3, "modalities": ["text", "audio"],
         "audio": {"voice": "x", "format": "pcm16"}, "stream_options": {"include_usage": True},
@@ -309,6 +310,8 @@ def test_chat_stream(client):
     assert transcript == "w0 w1 w2" and len(audio) == 3 * 960 * 2
     assert chunks[-1]["usage"]["completion_tokens"] == 3
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
+    out_after = _metric(client.get("/metrics").text, "mimo_audio_audio_output_seconds_total")
+    assert out_after - out_before == pytest.approx(len(audio) / 2 / 24000)  # streamed audio is counted too
 
 
 # ------------------------------------------------------------------------------------------- limits

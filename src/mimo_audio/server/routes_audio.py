@@ -69,7 +69,6 @@ async def create_speech(body: SpeechRequest, request: Request):
 
     async def chunks():
         sent_header = fmt != "wav"
-        out_samples = 0
         try:
             async for piece in svc.pieces(job, request, ping=svc.settings.sse_ping_s if sse else None):
                 if piece is None:
@@ -82,7 +81,6 @@ async def create_speech(body: SpeechRequest, request: Request):
                     sent_header = True
                 audio = tensor_to_numpy(piece.audio)
                 if audio is not None and len(audio):
-                    out_samples += len(audio)
                     parts.append(to_int16(audio))
                 data = b"".join(parts)
                 if data:
@@ -92,7 +90,6 @@ async def create_speech(body: SpeechRequest, request: Request):
                     reply = piece.reply
                     usage = _usage(reply)
                     yield event({"type": "speech.audio.done", "usage": usage})
-            svc.metrics.audio_out.inc(out_samples / rate)
         except ClientGone:
             return
         except APIError as exc:  # JobTimeout included

@@ -228,6 +228,9 @@ class Service:
                         raise ClientGone()
                     return
                 last = time.monotonic()
+                audio = tensor_to_numpy(getattr(piece, "audio", None))
+                if audio is not None:  # counted here, so streamed and whole replies alike
+                    self.metrics.audio_out.inc(len(audio) / self.sample_rate)
                 yield piece
         finally:
             if not job.finished:
@@ -241,7 +244,4 @@ class Service:
                 reply = piece.reply
         if reply is None:
             raise ClientGone()
-        audio = tensor_to_numpy(getattr(reply, "audio", None))
-        if audio is not None:
-            self.metrics.audio_out.inc(len(audio) / int(getattr(reply, "sample_rate", self.sample_rate)))
         return reply
