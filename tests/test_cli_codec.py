@@ -12,7 +12,7 @@ import torch
 
 from mimo_audio.audio import load_audio
 from mimo_audio.cli import main
-from mimo_audio.codec import AudioTokenizer, load_codes
+from mimo_audio.codec import AudioTokenizer, load_codes, save_codes
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,21 @@ def test_errors_are_one_clean_line(tmp_path, tok, clip, case, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("mimo-audio: error: ") and "\n" not in err
     assert not (tmp_path / "o.wav").exists() and not (tmp_path / "c.safetensors").exists()
+
+
+def test_decode_checks_num_quantizers_and_codes_shape(tmp_path, tok, capsys):
+    codes = tmp_path / "c.safetensors"
+    save_codes(codes, torch.zeros(10, 3, dtype=torch.long))
+    flat = tmp_path / "flat.safetensors"
+    save_codes(flat, torch.zeros(10, dtype=torch.long))
+    for path, nq, match in [(codes, "-1", "num_quantizers"), (codes, "0", "num_quantizers"),
+                            (codes, "5", "only 3 columns"), (flat, "2", "shape")]:
+        argv = ["codec", "decode", str(path), "-o", str(tmp_path / "o.wav"), "--num-quantizers", nq,
+                "--tokenizer", tok, "--device", "cpu"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert match in err and "Traceback" not in err, err
+    assert not (tmp_path / "o.wav").exists()
 
 
 def test_console_script(tmp_path, tok, clip):

@@ -2,7 +2,7 @@
 
 ``main(argv)`` builds one parser with a subcommand per job. Each group of commands registers itself with a
 function ``add_<group>_commands(subparsers)`` that adds its parsers and sets ``func`` (``args -> exit code``)
-as a default; groups living in other modules are registered in :data:`REGISTRARS`.
+as a default: ``codec`` here, the tasks in :mod:`mimo_audio.cli_tasks`, ``serve`` in :mod:`mimo_audio.server.cli`.
 
 Errors the user can cause (:class:`~mimo_audio.errors.MimoAudioError`, ``OSError``) print one line,
 ``mimo-audio: error: ...``, on stderr and exit with status 2, without a traceback.
@@ -11,21 +11,28 @@ Errors the user can cause (:class:`~mimo_audio.errors.MimoAudioError`, ``OSError
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
 from .errors import AudioInputError, MimoAudioError
 
-TOKENIZER = "XiaomiMiMo/MiMo-Audio-Tokenizer"
 EXIT_ERROR = 2
 LONG_AUDIO_SECONDS = 30.0  # show a progress bar above this (and only when stderr is a terminal)
 
-# (module, function) of command groups defined elsewhere; a group whose module is absent is skipped
-REGISTRARS: list[tuple[str, str]] = [
-    ("mimo_audio.cli_tasks", "add_task_commands"),
-    ("mimo_audio.server.cli", "add_serve_command"),
-]
+
+
+def add_model_args(p: argparse.ArgumentParser, default_model: str | None = None) -> None:
+    """The checkpoint options every command shares: ``--model`` (LM commands only), ``--tokenizer``,
+    ``--device``, ``--dtype``."""
+    from .checkpoint import TOKENIZER_ID
+
+    g = p.add_argument_group("model")
+    if default_model is not None:
+        g.add_argument("--model", default=default_model, help=f"LM hub id or folder (default: {default_model})")
+    g.add_argument("--tokenizer", default=TOKENIZER_ID,
+                   help=f"audio tokenizer hub id or folder (default: {TOKENIZER_ID})")
+    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    g.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
 
 
 # ============================================================================================ codec
@@ -62,10 +69,10 @@ def _encode_file(codec, path: str, num_quantizers: int):
         close()
 
 
-def _decode_codes(codec, codes, window: int | None):
+def _decode_codes(codec, codes, window: int | None, num_quantizers: int | None = None):
     update, close = _progress("decoding", codes.shape[0] * codec.samples_per_code / codec.sample_rate)
     try:
-        return codec.decode(codes, window=window, progress=update)
+        return codec.decode(codes, window=window, num_quantizers=num_quantizers, progress=update)
     finally:
         close()
 
@@ -97,7 +104,7 @@ def cmd_codec_decode(args) -> int:
     _check_output(args.output, (".wav", ".flac"))
     codes, _meta = load_codes(args.input)
     codec = _load_codec(args)
-    wav = _decode_codes(codec, codes[:, : args.num_quantizers] if args.num_quantizers else codes, args.window)
+    wav = _decode_codes(codec, codes, args.window, args.num_quantizers)
     save_audio(args.output, wav.cpu(), codec.sample_rate)
     print(f"{args.output}: {wav.shape[0] / codec.sample_rate:.2f} s at {codec.sample_rate} Hz", file=sys.stderr)
     return 0
@@ -123,9 +130,7 @@ def add_codec_commands(subparsers) -> None:
     sub = codec.add_subparsers(dest="codec_command", metavar="{encode,decode,roundtrip}", required=True)
 
     def common(p: argparse.ArgumentParser, *, nq_default: int | None) -> None:
-        p.add_argument("--tokenizer", default=TOKENIZER, help=f"tokenizer hub id or folder (default: {TOKENIZER})")
-        p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-        p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+        add_model_args(p)
         p.add_argument("--num-quantizers", type=int, default=nq_default,
                        help="RVQ codebooks to use, 1-20" + (f" (default: {nq_default})" if nq_default else
                                                               " (default: all columns of the file)"))
@@ -159,13 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mimo-audio", description="MiMo-Audio: audio tokenizer, audio LM, tasks, server.")
     parser.add_argument("--version", action="version", version=f"mimo-audio {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from .cli_tasks import add_task_commands
+    from .server.cli import add_serve_command
+
     add_codec_commands(subparsers)
-    for module, name in REGISTRARS:
-        try:
-            register = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
-        register(subparsers)
+    add_task_commands(subparsers)
+    add_serve_command(subparsers)
     return parser
 
 

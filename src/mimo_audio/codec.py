@@ -344,9 +344,12 @@ def load_codes(path: str | os.PathLike) -> tuple[torch.Tensor, dict]:
         with safe_open(str(path), framework="pt") as f:
             if "codes" not in f.keys():  # noqa: SIM118
                 raise AudioInputError(f"{path}: no 'codes' tensor in this safetensors file")
-            return f.get_tensor("codes"), dict(f.metadata() or {})
+            codes, meta = f.get_tensor("codes"), dict(f.metadata() or {})
     except (SafetensorError, OSError) as exc:
         raise AudioInputError(f"{path}: cannot read codes ({exc})") from None
+    if codes.ndim != 2:
+        raise AudioInputError(f"{path}: codes must have shape (frames, n_q), got {tuple(codes.shape)}")
+    return codes, meta
 
 
 def save_codes(path: str | os.PathLike, codes: torch.Tensor, sample_rate: int = 24000, **meta) -> Path:
