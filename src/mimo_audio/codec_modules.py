@@ -38,7 +38,7 @@ class AttnPlan:
                  device=None, block: int = 128, full_mask_limit: int = 512):
         left, right = window
         if causal:
-            right = 0 if right < 0 else min(right, 0)
+            right = 0  # causal caps the right window at the query itself
         self.T, self.causal, self.left, self.right, self.block = T, causal, left, right, block
         if lengths is not None and bool((lengths >= T).all()):
             lengths = None
@@ -66,12 +66,8 @@ class AttnPlan:
         T, bl, left, right = self.T, self.block, self.left, self.right
         nb = -(-T // bl)
         W = bl + left + right
-        i = torch.arange(bl, device=device)[:, None]
-        w = torch.arange(W, device=device)[None, :]
-        rel = w - left - i  # key position - query position
-        m = (rel >= -left) & (rel <= right)
-        if self.causal:
-            m &= rel <= 0
+        # query i of a block sits at offset left among the block's W keys
+        m = window_mask(bl, W, causal=self.causal, window=(left, right), q_offset=left, device=device)
         kabs = torch.arange(nb, device=device)[:, None] * bl - left + torch.arange(W, device=device)[None, :]
         qabs = torch.arange(nb * bl, device=device).view(nb, bl)
         limit = torch.full((1,), T, device=device) if self.lengths is None else self.lengths.to(device)
