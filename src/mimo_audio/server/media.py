@@ -157,6 +157,19 @@ def wav_stream_header(sample_rate: int) -> bytes:
             b"data" + struct.pack("<I", unknown))
 
 
+class PCMStream:
+    """Streamed 16-bit mono audio: raw pcm, or for 'wav' the same bytes after a header with unknown sizes."""
+
+    def __init__(self, fmt: str, sample_rate: int):
+        self._header = wav_stream_header(sample_rate) if fmt == "wav" else b""
+
+    def encode(self, samples) -> bytes:
+        """The next bytes for ``samples`` (float, may be None or empty); the first call carries the wav header."""
+        data = self._header + (to_int16(samples) if samples is not None else b"")
+        self._header = b""
+        return data
+
+
 def split_at_silences(samples: np.ndarray, sample_rate: int, max_seconds: float = 30.0) -> list[tuple[int, int]]:
     """Cut audio into consecutive pieces of at most ``max_seconds``, each cut at the quietest point.
 

@@ -13,13 +13,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from .errors import APIError, bad_request, stream_error
 from .media import (
     OUTPUT_FORMATS,
+    PCMStream,
     check_output_format,
     encode_audio,
     split_at_silences,
-    to_int16,
     to_srt,
     to_vtt,
-    wav_stream_header,
 )
 from .schemas import SpeechRequest
 from .service import ClientGone, Service, tensor_to_numpy
@@ -68,21 +67,14 @@ async def create_speech(body: SpeechRequest, request: Request):
         return Response(data, media_type=media_type, headers={"X-Generated-Text": _header_text(reply.text)})
 
     async def chunks():
-        sent_header = fmt != "wav"
+        out = PCMStream(fmt, rate)
         try:
             async for piece in svc.pieces(job, request, ping=svc.settings.sse_ping_s if sse else None):
                 if piece is None:
                     if sse:
                         yield PING
                     continue
-                parts = []
-                if not sent_header:
-                    parts.append(wav_stream_header(rate))
-                    sent_header = True
-                audio = tensor_to_numpy(piece.audio)
-                if audio is not None and len(audio):
-                    parts.append(to_int16(audio))
-                data = b"".join(parts)
+                data = out.encode(tensor_to_numpy(piece.audio))
                 if data:
                     yield event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}) \
                         if sse else data

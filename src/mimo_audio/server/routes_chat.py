@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from .errors import APIError, bad_request, stream_error
-from .media import check_output_format, encode_audio, to_int16, wav_stream_header
+from .media import PCMStream, check_output_format, encode_audio
 from .schemas import ChatRequest
 from .service import ClientGone, Service, tensor_to_numpy
 from .sse import DONE, PING, SSE_HEADERS, event
@@ -165,7 +165,7 @@ async def create_chat_completion(body: ChatRequest, request: Request):
 
     async def events():
         audio_id = svc.audio_store.new_id()
-        header_sent = fmt != "wav"
+        out = PCMStream(fmt, svc.sample_rate)
         try:
             yield chunk({"role": "assistant", "content": None if want_audio else ""})
             async for piece in svc.pieces(job, request, ping=svc.settings.sse_ping_s):
@@ -177,9 +177,7 @@ async def create_chat_completion(body: ChatRequest, request: Request):
                                 else {"content": piece.text})
                 audio = tensor_to_numpy(piece.audio) if want_audio else None
                 if want_audio and audio is not None and len(audio):
-                    data = to_int16(audio)
-                    if not header_sent:
-                        data, header_sent = wav_stream_header(svc.sample_rate) + data, True
+                    data = out.encode(audio)
                     yield chunk({"audio": {"id": audio_id, "data": base64.b64encode(data).decode()}})
                 if piece.done:
                     reply = piece.reply
