@@ -18,6 +18,11 @@ from torch import nn
 
 from .errors import CheckpointError
 
+#: the released checkpoints on the Hugging Face hub
+INSTRUCT_ID = "XiaomiMiMo/MiMo-Audio-7B-Instruct"
+BASE_ID = "XiaomiMiMo/MiMo-Audio-7B-Base"
+TOKENIZER_ID = "XiaomiMiMo/MiMo-Audio-Tokenizer"
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
 

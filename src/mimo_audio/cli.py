@@ -32,7 +32,8 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str | None = None)
     g.add_argument("--tokenizer", default=TOKENIZER_ID,
                    help=f"audio tokenizer hub id or folder (default: {TOKENIZER_ID})")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    g.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
+    dtype_default = "float32" if default_model is None else "the LM checkpoint's; the audio tokenizer float32"
+    g.add_argument("--dtype", default=None, help=f"float32, bfloat16 or float16 (default: {dtype_default})")
 
 
 # ============================================================================================ codec

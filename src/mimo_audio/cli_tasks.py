@@ -14,20 +14,13 @@ import os
 import sys
 from pathlib import Path
 
-INSTRUCT = "XiaomiMiMo/MiMo-Audio-7B-Instruct"
-BASE = "XiaomiMiMo/MiMo-Audio-7B-Base"
-TOKENIZER = "XiaomiMiMo/MiMo-Audio-Tokenizer"
+from .checkpoint import BASE_ID as BASE
+from .checkpoint import INSTRUCT_ID as INSTRUCT
+from .checkpoint import TOKENIZER_ID as TOKENIZER
+from .cli import add_model_args
 
 
 # ============================================================================================ plumbing
-def _add_model_args(p: argparse.ArgumentParser, default_model: str) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=default_model, help=f"LM hub id or folder (default: {default_model})")
-    g.add_argument("--tokenizer", default=TOKENIZER, help=f"audio tokenizer hub id or folder (default: {TOKENIZER})")
-    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    g.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
-
-
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
@@ -317,7 +310,7 @@ def add_task_commands(subparsers) -> None:
     def add(name, help_, default_model, func, *, gen=True):
         p = subparsers.add_parser(name, help=help_, description=help_)
         if default_model:
-            _add_model_args(p, default_model)
+            add_model_args(p, default_model)
         if gen:
             _add_generation_args(p)
         p.set_defaults(func=func, command=name)

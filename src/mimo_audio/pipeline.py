@@ -35,12 +35,10 @@ import numpy as np
 import torch
 
 from .batch import SAMPLE_RATE, Piece, Reply, RequestStream, Speech, TaskRequest
+from .checkpoint import INSTRUCT_ID, TOKENIZER_ID
 from .errors import AudioInputError, MimoAudioError, PromptError
 
 __all__ = ["MimoAudio", "Piece", "Reply", "RequestStream", "Speech", "TaskRequest"]
-DEFAULT_MODEL = "XiaomiMiMo/MiMo-Audio-7B-Instruct"
-BASE_MODEL = "XiaomiMiMo/MiMo-Audio-7B-Base"
-DEFAULT_TOKENIZER = "XiaomiMiMo/MiMo-Audio-Tokenizer"
 #: default generation limits in LM steps (a text token or 4 audio frames = 0.16 s); ``max_new_tokens=`` overrides
 #: (the model's positions always cap them).
 DEFAULT_MAX_NEW = {"transcribe": 2048, "understand": 2048, "chat": 4096, "speak": 4096, "few_shot": 4096}
@@ -103,8 +101,8 @@ class MimoAudio:
     @classmethod
     def from_pretrained(
         cls,
-        model: str | os.PathLike = DEFAULT_MODEL,
-        tokenizer: str | os.PathLike = DEFAULT_TOKENIZER,
+        model: str | os.PathLike = INSTRUCT_ID,
+        tokenizer: str | os.PathLike = TOKENIZER_ID,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         **options,
