@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import math
 import shutil
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -75,6 +77,10 @@ def test_resampling_input(tiny):
     clip = speechlike(16000)
     codes = tiny.encode(clip.numpy(), sample_rate=16000, num_quantizers=2)
     assert codes.shape[0] == code_frames(mel_frames(24000))
+    buf = io.BytesIO()
+    sf.write(buf, clip.numpy(), 16000, format="WAV", subtype="FLOAT")
+    # a file brings its own rate: sample_rate= is ignored for it
+    assert torch.equal(tiny.encode(buf.getvalue(), sample_rate=24000, num_quantizers=2), codes)
 
 
 # --------------------------------------------------------------------------------------------- attention

@@ -135,12 +135,9 @@ class AudioTokenizer(nn.Module):
         if not clips:
             return []
         mels = []
-        for clip in clips:
-            if isinstance(clip, (str, os.PathLike, bytes)):
-                wav = load_audio(clip, target_rate=self.sample_rate, max_seconds=self.config.max_audio_seconds)
-            else:
-                wav = load_audio(clip, sample_rate=sample_rate, target_rate=self.sample_rate,
-                                 max_seconds=self.config.max_audio_seconds)
+        for clip in clips:  # files and bytes carry their own rate: load_audio ignores sample_rate for them
+            wav = load_audio(clip, sample_rate=sample_rate, target_rate=self.sample_rate,
+                             max_seconds=self.config.max_audio_seconds)
             mels.append(log_mel(wav.to(self.device), self.config))
         codes = self.encode_mel(mels, num_quantizers, progress=progress)
         return codes[0] if single else codes
@@ -331,9 +328,7 @@ def random_tokenizer(config: TokenizerConfig | dict, *, seed: int = 0, dtype=Non
             model = AudioTokenizer(config)
     finally:
         torch.random.set_rng_state(gen_state)
-    if dtype is not None:
-        model.to(checkpoint.parse_dtype(dtype))
-    return model._finalize()
+    return model._finalize() if dtype is None else model.to_dtype(dtype)
 
 
 def load_codes(path: str | os.PathLike) -> tuple[torch.Tensor, dict]:
