@@ -29,7 +29,9 @@ _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 
 @dataclass(frozen=True)
 class AudioLimits:
-    max_bytes: int
+    """Limits on decoded audio. Its size in bytes is capped once, for the whole request body, by the
+    BodyLimitMiddleware: a multipart file or a base64 string is a part of that body."""
+
     max_seconds: float
     max_decoded_bytes: int
 
@@ -47,7 +49,7 @@ class DecodedAudio:
         return self.samples, self.sample_rate
 
 
-def decode_base64_audio(value: str, limits: AudioLimits, param: str) -> bytes:
+def decode_base64_audio(value: str, param: str) -> bytes:
     """base64 text or a ``data:`` URL -> bytes. URLs of any other scheme and file paths are refused, unread."""
     if not isinstance(value, str) or not value.strip():
         raise bad_request(f"'{param}' must be base64-encoded audio or a data: URL, got an empty value", param)
@@ -60,9 +62,6 @@ def decode_base64_audio(value: str, limits: AudioLimits, param: str) -> bytes:
     elif _SCHEME.match(value) and not re.fullmatch(r"[A-Za-z0-9+/=\s]+", value):
         raise bad_request(f"'{param}': URLs are never fetched by this server; send the audio itself as base64 "
                           "or a data:audio/...;base64 URL", param, code="url_not_allowed")
-    if len(value) * 3 // 4 > limits.max_bytes:
-        raise APIError(413, f"'{param}' is larger than the {limits.max_bytes // (1024 * 1024)} MB audio limit",
-                       param=param, code="audio_too_large")
     try:
         data = base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError):
@@ -78,9 +77,6 @@ def decode_audio(data: bytes, limits: AudioLimits, param: str = "file") -> Decod
 
     if not data:
         raise bad_request(f"'{param}' is empty; send an audio file (wav, flac, ogg, mp3)", param, code="empty_audio")
-    if len(data) > limits.max_bytes:
-        raise APIError(413, f"'{param}' is larger than the {limits.max_bytes // (1024 * 1024)} MB audio limit",
-                       param=param, code="audio_too_large")
     hint = ("could not be decoded as audio; send wav, flac, ogg/vorbis/opus or mp3 (convert webm/m4a/aac to wav "
             "first, e.g. with ffmpeg)")
     try:

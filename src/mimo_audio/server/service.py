@@ -89,7 +89,7 @@ class Service:
         self.batcher = Batcher(backend, max_batch=settings.max_batch, window_s=settings.batch_window_s,
                                queue_size=settings.queue_size, retry_after_s=settings.retry_after_s,
                                metrics=self.metrics)
-        self.limits = AudioLimits(settings.max_upload_bytes, settings.max_audio_seconds, settings.max_decoded_bytes)
+        self.limits = AudioLimits(settings.max_audio_seconds, settings.max_decoded_bytes)
         self.audio_store = AudioStore(settings.audio_store_size, settings.audio_store_ttl_s)
         self.sample_rate = int(getattr(backend, "sample_rate", 24000))
         self.ready = False
@@ -159,7 +159,7 @@ class Service:
         return audio
 
     async def decode_b64(self, value: str, param: str) -> DecodedAudio:
-        return await self.decode(decode_base64_audio(value, self.limits, param), param)
+        return await self.decode(decode_base64_audio(value, param), param)
 
     def check_total_audio(self, audios: list[DecodedAudio]) -> None:
         total = sum(a.seconds for a in audios)
