@@ -1,4 +1,4 @@
-"""Shared building blocks: RoPE, RMSNorm, attention masks and the SDPA call, a static KV cache.
+"""Shared building blocks: RoPE, RMSNorm, the window/causal attention mask and the SDPA call.
 
 Pure modules and tensor functions; no IO. Both the audio tokenizer (``codec.py``) and the LM (``lm.py``)
 build their transformers from these.
@@ -90,13 +90,6 @@ def window_mask(
     return ok
 
 
-def segment_mask(lengths: list[int] | torch.Tensor, device=None) -> torch.Tensor:
-    """Block-diagonal boolean mask over a packed sequence whose pieces have ``lengths``."""
-    lengths = torch.as_tensor(lengths, device=device)
-    seg = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
-    return seg[:, None] == seg[None, :]
-
-
 def sdpa(q, k, v, mask: torch.Tensor | None = None, is_causal: bool = False, scale: float | None = None):
     """``scaled_dot_product_attention`` on ``(B, H, T, D)`` tensors; GQA by repeating kv heads."""
     if k.shape[1] != q.shape[1]:
@@ -104,26 +97,3 @@ def sdpa(q, k, v, mask: torch.Tensor | None = None, is_causal: bool = False, sca
         k = k.repeat_interleave(rep, dim=1)
         v = v.repeat_interleave(rep, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
-
-
-# --------------------------------------------------------------------------------------------- cache
-class KVCache(nn.Module):
-    """A static, preallocated key/value cache ``(B, kv_heads, max_len, head_dim)`` updated in place."""
-
-    def __init__(self, batch: int, kv_heads: int, max_len: int, head_dim: int, dtype=torch.float32, device=None):
-        super().__init__()
-        shape = (batch, kv_heads, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-
-    @property
-    def max_len(self) -> int:
-        return self.k.shape[2]
-
-    def update(self, start: int, k: torch.Tensor, v: torch.Tensor):
-        """Write ``k``/``v`` ``(B, kv_heads, T, D)`` at positions ``start .. start + T`` and return the
-        cache views up to ``start + T``."""
-        end = start + k.shape[2]
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
