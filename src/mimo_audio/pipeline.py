@@ -277,14 +277,14 @@ class MimoAudio:
         except TypeError as exc:  # wrong keyword for the task
             raise PromptError(f"{name}: {exc}") from None
         spec = task_spec(prompt_task)
+        task_max_new = extra.pop("max_new", None)  # a task's own default limit (continuation: its seconds)
         groups = int(grid.shape[1]) // int(self.lm.config.group_size)
         config = self._config(
-            spec, seed=seed, max_new_tokens=max_new_tokens if max_new_tokens is not None else extra.pop("max_new", None),
+            spec, seed=seed, max_new_tokens=max_new_tokens if max_new_tokens is not None else task_max_new,
             default_max_new=DEFAULT_MAX_NEW.get(name, 4096), greedy=greedy, temperature=temperature, top_k=top_k,
             top_p=top_p, audio_temperature=audio_temperature, audio_top_k=audio_top_k, audio_top_p=audio_top_p,
             prompt_groups=groups,
         )
-        extra.pop("max_new", None)
         return TaskRequest(
             task=name, grid=grid, config=config, audio_out=spec.reply == "speech", span_open=bool(spec.audio_open),
             max_audio_frames=extra.pop("max_audio_frames", None), info={"prompt_task": prompt_task, **extra},
