@@ -200,6 +200,8 @@ def test_save_refuses_bad_input(tmp_path):
         save_audio(tmp_path / "x.wav", torch.tensor([0.0, float("nan")]))
     with pytest.raises(AudioInputError, match="empty"):
         save_audio(tmp_path / "x.wav", torch.zeros(0))
+    with pytest.raises(AudioInputError, match="mono"):
+        save_audio(tmp_path / "x.wav", torch.zeros(2, 100))
     assert list(tmp_path.iterdir()) == []
 
 

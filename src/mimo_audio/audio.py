@@ -282,7 +282,9 @@ def save_audio(path: str | os.PathLike, wav: Any, sample_rate: int = 24000) -> P
         raise AudioInputError(f"{path}: unsupported output type {suffix or '(none)'!r}; use .wav or .flac")
     rate = check_rate(sample_rate, str(path))
     arr = _to_numpy(wav, str(path))
-    arr = _scale(np.asarray(arr), str(path)).reshape(-1) if np.asarray(arr).size else np.zeros(0, np.float32)
+    if sum(s > 1 for s in arr.shape) > 1:
+        raise AudioInputError(f"{path}: expected a mono waveform, got shape {tuple(arr.shape)}; mix it down first")
+    arr = _scale(arr, str(path)).reshape(-1)
     if arr.size == 0:
         raise AudioInputError(f"{path}: refusing to write an empty waveform")
     _check_finite(arr, str(path))
