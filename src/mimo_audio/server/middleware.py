@@ -40,6 +40,18 @@ class BodyTooLarge(APIError):
                          "smaller audio (or raise --max-upload-mb)", code="request_too_large")
 
 
+class _WatchedSend:
+    """Wraps ASGI ``send``; ``status`` is the response's status once it has started (None before)."""
+
+    def __init__(self, send):
+        self.send, self.status = send, None
+
+    async def __call__(self, message):
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+
 class BodyLimitMiddleware:
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -56,29 +68,21 @@ class BodyLimitMiddleware:
                 if length > self.max_bytes:
                     return await BodyTooLarge(self.max_bytes).response()(scope, receive, send)
         seen = 0
-        limit = self.max_bytes
 
         async def limited_receive():
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge(limit)
+                if seen > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
-        started = False
-
-        async def tracking_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        watched = _WatchedSend(send)
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, watched)
         except BodyTooLarge as exc:  # raised outside a route's error handling (e.g. by a streaming reader)
-            if not started:
+            if watched.status is None:
                 await exc.response()(scope, receive, send)
 
 
@@ -119,17 +123,11 @@ class AccessLogMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
-        status = 500
-
-        async def tracking_send(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        watched = _WatchedSend(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, watched)
         finally:
+            status = watched.status or 500
             dt = time.perf_counter() - t0
             path = scope.get("path", "")
             label = route_label(path)
