@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import threading
 import time
 
@@ -75,6 +76,33 @@ def test_health_models_ready_metrics(client):
     assert metrics.headers["content-type"].startswith("text/plain")
     assert "# TYPE mimo_audio_batch_size histogram" in metrics.text
     assert 'mimo_audio_http_requests_total{route="/health",method="GET",status="200"}' in metrics.text
+
+
+def test_each_request_is_logged(client, caplog):
+    caplog.set_level(logging.INFO, logger="mimo_audio.server")
+    client.get("/v1/models/no-such-model")
+    deadline = time.monotonic() + 5  # the line is written once the response is sent
+    while not any('"GET /v1/models/no-such-model" 404' in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+        time.sleep(0.02)
+
+
+def test_serve_flags_become_settings():
+    from mimo_audio.cli import build_parser
+    from mimo_audio.server.cli import run_serve, settings_from_args
+
+    args = build_parser().parse_args([
+        "serve", "--model", "lm-dir", "--tokenizer", "tok-dir", "--host", "0.0.0.0", "--port", "8123",
+        "--device", "cpu", "--dtype", "float32", "--api-key", "k", "--cors-origin", "http://a.example",
+        "--max-upload-mb", "3", "--max-audio-seconds", "42", "--max-text-chars", "99", "--max-new-tokens", "17",
+        "--max-batch", "3", "--queue-size", "5", "--timeout", "9", "--no-warmup"])
+    assert args.func is run_serve
+    assert (args.model, args.tokenizer, args.host, args.port, args.device, args.dtype) == (
+        "lm-dir", "tok-dir", "0.0.0.0", 8123, "cpu", "float32")
+    s = settings_from_args(args)
+    assert (s.api_key, s.cors_origins, s.max_upload_bytes, s.max_audio_seconds, s.max_text_chars) == (
+        "k", ("http://a.example",), 3 * 2**20, 42, 99)
+    assert (s.max_new_tokens, s.max_batch, s.queue_size, s.timeout_s, s.warmup) == (17, 3, 5, 9, False)
 
 
 def test_page_is_served(client):
@@ -203,7 +231,10 @@ def test_transcription_formats(client, fake):
     sf.write(buf, samples, rate, format="FLAC")
     data = buf.getvalue()
     files = {"file": ("talk.flac", data, "audio/flac")}
-    j = client.post("/v1/audio/transcriptions", data={"model": MODEL, "max_new_tokens": 3}, files=files).json()
+    j = client.post("/v1/audio/transcriptions", data={"model": MODEL, "max_new_tokens": 3, "seed": 5},
+                    files=files).json()
+    rows = fake.prepared[-2:]  # one row per silence-split piece, each with the request's seed and token cap
+    assert [(t, kw["seed"], kw["max_new_tokens"]) for t, kw in rows] == [("transcribe", 5, 3)] * 2
     assert j["text"] == "w0 w1 w2 w0 w1 w2" and j["usage"]["seconds"] == pytest.approx(len(samples) / rate, abs=1e-3)
     txt = client.post("/v1/audio/transcriptions", data={"model": MODEL, "response_format": "text",
                                                         "max_new_tokens": 2}, files=files)
