@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import MimoAudioError, PromptError
+from .output import split_thinking
 
 if TYPE_CHECKING:
     from .pipeline import MimoAudio
@@ -47,14 +48,12 @@ class Reply:
     @property
     def thinking(self) -> str:
         """The content of a ``<think>…</think>`` section at the start of :attr:`text` ("" when there is none)."""
-        head, sep, _ = self.text.partition("</think>")
-        return head.replace("<think>", "", 1).strip() if sep else ""
+        return split_thinking(self.text)[0] or ""
 
     @property
     def answer(self) -> str:
         """:attr:`text` without a leading ``<think>…</think>`` section."""
-        _, sep, tail = self.text.partition("</think>")
-        return tail.strip() if sep else self.text
+        return split_thinking(self.text)[1]
 
     @property
     def duration(self) -> float:
