@@ -302,6 +302,11 @@ def test_checkpoint_key_errors(fixture_path, tmp_path):
         AudioTokenizer.from_pretrained(tmp_path / "does-not-exist", device="cpu")
 
 
+def test_config_with_indivisible_heads_is_a_checkpoint_error():
+    with pytest.raises(CheckpointError, match="not divisible"):
+        random_tokenizer(TokenizerConfig.from_dict({**TINY, "vocoder_attention_heads": 3}))
+
+
 def test_random_model_is_deterministic():
     cfg = TokenizerConfig.from_dict(TINY)
     a, b = random_tokenizer(cfg, seed=5), random_tokenizer(cfg, seed=5)

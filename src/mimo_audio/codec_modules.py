@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import CheckpointError
 from .layers import apply_rope, rope_cos_sin, rope_inv_freq, sdpa, window_mask
 
 try:  # optional fast path on CUDA; never required
@@ -109,7 +110,8 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"dimension {dim} is not divisible by {heads} heads")
+            raise CheckpointError(f"tokenizer config: width {dim} is not divisible by {heads} attention heads; "
+                                  "the config.json does not describe a valid model")
         self.heads, self.head_dim = heads, dim // heads
         self.q_proj = nn.Linear(dim, dim)
         self.k_proj = nn.Linear(dim, dim, bias=False)
