@@ -49,14 +49,14 @@ _END = object()
 class Job:
     """One request's link between the event loop (consumer) and the worker thread (producer)."""
 
-    def __init__(self, request: Any, loop: asyncio.AbstractEventLoop, deadline: float, task: str = "",
-                 timeout_s: float = 0.0):
-        self.request, self.loop, self.deadline, self.task, self.timeout_s = request, loop, deadline, task, timeout_s
+    def __init__(self, request: Any, loop: asyncio.AbstractEventLoop, t_admit: float, timeout_s: float,
+                 task: str = ""):
+        self.request, self.loop, self.task, self.timeout_s = request, loop, task, timeout_s
+        self.t_admit, self.deadline = t_admit, t_admit + timeout_s
         self.pieces: asyncio.Queue = asyncio.Queue()
         self.cancelled = False
         self.cancel_reason = ""
         self.finished = False
-        self.t_admit = time.monotonic()
         self.t_start: float | None = None
         self.t_first: float | None = None
         self.batch_size = 0
@@ -92,7 +92,6 @@ class Batcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.batches_run = 0
 
     # ---- admission (event loop side) ----
     def reserve(self) -> None:
@@ -117,10 +116,8 @@ class Batcher:
 
     def submit(self, request: Any, *, timeout_s: float, task: str = "", t_admit: float | None = None) -> Job:
         """Queue a prepared request (its slot must be reserved). Returns the Job to read pieces from."""
-        loop = asyncio.get_running_loop()
         t0 = t_admit if t_admit is not None else time.monotonic()
-        job = Job(request, loop, t0 + timeout_s, task, timeout_s)
-        job.t_admit = t0
+        job = Job(request, asyncio.get_running_loop(), t0, timeout_s, task)
         self._q.put(job)
         return job
 
@@ -182,7 +179,6 @@ class Batcher:
         m.batch_size.observe(len(jobs))
         m.batches.inc()
         m.running.set(len(jobs))
-        self.batches_run += 1
         done: set[int] = set()
         stopped: set[int] = set()
         try:

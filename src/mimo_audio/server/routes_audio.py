@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from types import SimpleNamespace
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -161,12 +162,7 @@ async def create_transcription(
     data = await file.read()
     audio = await svc.decode(data, "file")
 
-    class _Opts:
-        pass
-
-    opts = _Opts()
-    opts.seed, opts.temperature, opts.top_p, opts.top_k, opts.max_new_tokens = seed, temperature, None, None, None
-    common = svc.sampling(opts, max_new_tokens)
+    common = svc.sampling(SimpleNamespace(seed=seed, temperature=temperature), max_new_tokens)
     if language:  # MiMo picks the spoken language itself; this only chooses the instruction's language
         common["language"] = "zh" if language.lower().startswith("zh") else "en"
     bounds = split_at_silences(audio.samples, audio.sample_rate, svc.settings.transcription_chunk_seconds)
