@@ -12,7 +12,14 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file, save_file
 
-from mimo_audio.codec import AudioTokenizer, code_frames, mel_frames, random_tokenizer, released_to_ours
+from mimo_audio.codec import (
+    AudioTokenizer,
+    StreamingDecoder,
+    code_frames,
+    mel_frames,
+    random_tokenizer,
+    released_to_ours,
+)
 from mimo_audio.codec_modules import AttnPlan, ResidualVQ
 from mimo_audio.config import LMConfig, TokenizerConfig
 from mimo_audio.errors import AudioInputError, CheckpointError
@@ -223,6 +230,24 @@ def test_streaming_state_belongs_to_the_call(tiny):
     with pytest.raises(AudioInputError, match="at least lookahead"):
         list(tiny.stream_decode(chunks, left_context=2, lookahead=3))
     assert list(tiny.stream_decode([])) == []
+
+
+def test_push_decoder_matches_the_generator(tiny):
+    """StreamingDecoder (push) gives the generator's pieces: the same piece per chunk, the end either as a
+    last chunk (one piece) or as a flush after it; a push after the end is an error."""
+    codes = tiny.encode(speechlike(24000), num_quantizers=2)
+    chunks = list(torch.split(codes, 5))
+    ref = list(tiny.stream_decode(chunks, left_context=12, lookahead=3))
+    dec = StreamingDecoder(tiny, 12, 3)
+    got = [dec.push(c, last=i == len(chunks) - 1) for i, c in enumerate(chunks)]
+    got = [p for p in got if p is not None]
+    assert len(got) == len(ref) and all(torch.equal(a, b) for a, b in zip(got, ref))
+    dec = StreamingDecoder(tiny, 12, 3)
+    pieces = [p for p in (dec.push(c) for c in chunks) if p is not None]
+    tail = dec.flush()
+    assert tail is not None and torch.equal(torch.cat([*pieces, tail]), torch.cat(ref))
+    with pytest.raises(AudioInputError, match="ended"):
+        dec.push(chunks[0])
 
 
 # --------------------------------------------------------------------------------------------- dtypes

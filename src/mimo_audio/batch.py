@@ -123,43 +123,18 @@ class TaskRequest:
         return int(self.grid.shape[1]) // 4
 
 
-# ================================================================================================ audio args
-
-
 # ================================================================================================ streaming
-class _PushDecoder:
-    """Push adapter over ``codec.stream_decode`` (a pull-style generator) for one stream.
-
-    ``stream_decode`` holds audio back until more than ``lookahead`` frames have arrived, then yields exactly one
-    piece per further chunk (SPEC §2.7); ``push`` therefore pulls a piece only when one is due, and ``close`` ends
-    the input and collects the flushed tail.
-    """
+class _ChunkedDecoder:
+    """The codec's :class:`~mimo_audio.codec.StreamingDecoder` fed in chunks of ``chunk_frames`` code frames
+    (a decoder run per generated patch would cost more than it saves in latency)."""
 
     def __init__(self, codec, left_context: int, lookahead: int, chunk_frames: int):
-        self._queue: list[torch.Tensor] = []
-        self._ended = False
-        self._lookahead = lookahead
+        from .codec import StreamingDecoder
+
+        self._decoder = StreamingDecoder(codec, left_context, lookahead)
         self._chunk = max(1, chunk_frames)
         self._buffer: list[torch.Tensor] = []
         self._buffered = 0
-        self._seen = 0
-        self._gen = codec.stream_decode(self._feed(), left_context=left_context, lookahead=lookahead)
-
-    def _feed(self):
-        while True:
-            if self._queue:
-                yield self._queue.pop(0)
-            elif self._ended:
-                return
-            else:  # would deadlock: stream_decode asked for input that push() did not promise
-                raise MimoAudioError("internal error: the streaming decoder asked for more codes than were pushed")
-
-    def _send(self, chunk: torch.Tensor) -> list[torch.Tensor]:
-        self._queue.append(chunk)
-        self._seen += int(chunk.shape[0])
-        if self._seen <= self._lookahead:  # still filling the lookahead: the decoder keeps it all
-            return []
-        return [next(self._gen)]
 
     def push(self, codes: torch.Tensor | None) -> list[torch.Tensor]:
         """Add codes ``(frames, C)``; returns the waveform pieces that became ready."""
@@ -169,20 +144,20 @@ class _PushDecoder:
         self._buffered += int(codes.shape[0])
         if self._buffered < self._chunk:
             return []
-        chunk = torch.cat(self._buffer)
-        self._buffer, self._buffered = [], 0
-        return self._send(chunk)
+        return self._send(last=False)
 
     def close(self) -> list[torch.Tensor]:
-        """End of the codes: decode what is buffered and flush the held-back tail."""
-        out: list[torch.Tensor] = []
+        """End of the codes: decode what is buffered and flush the held-back audio."""
         if self._buffer:
-            chunk = torch.cat(self._buffer)
-            self._buffer, self._buffered = [], 0
-            out += self._send(chunk)
-        self._ended = True
-        out += list(self._gen)
-        return out
+            return self._send(last=True)
+        tail = self._decoder.flush()
+        return [] if tail is None else [tail]
+
+    def _send(self, *, last: bool) -> list[torch.Tensor]:
+        chunk = torch.cat(self._buffer)
+        self._buffer, self._buffered = [], 0
+        piece = self._decoder.push(chunk, last=last)
+        return [] if piece is None else [piece]
 
 
 def _cat(pieces: list[torch.Tensor]) -> torch.Tensor | None:
@@ -200,7 +175,7 @@ class _Row:
         self.parser = mimo.prompts.parser(stop_ids=req.config.stop_ids, audio_open=req.span_open)
         self.decoder = None
         if req.audio_out and decode == "stream":
-            self.decoder = _PushDecoder(mimo.codec, mimo.stream_left_context, mimo.stream_lookahead,
+            self.decoder = _ChunkedDecoder(mimo.codec, mimo.stream_left_context, mimo.stream_lookahead,
                                         mimo.stream_chunk_frames)
         self.frames = 0
         self.audio: list[torch.Tensor] = []

@@ -276,45 +276,85 @@ class AudioTokenizer(nn.Module):
                       num_quantizers: int | None = None) -> Iterator[torch.Tensor]:
         """Decode code chunks ``(frames_i, n_q)`` as they arrive; yields float32 waveform pieces.
 
-        Semantics of the reference's ``streaming_decode`` (SPEC §2.7) for one stream: each chunk is decoded
-        together with up to ``left_context`` cached frames; the audio of the last ``lookahead`` frames is held
-        back until more context arrives. The state belongs to this call. When ``chunks`` is a sequence its last
-        chunk is decoded as the reference's ``last_chunk`` (one piece); for any other iterable the held-back
-        tail is flushed as one extra piece when it ends (same samples in total).
+        Semantics of the reference's ``streaming_decode`` (SPEC §2.7) for one stream (see
+        :class:`StreamingDecoder`, its push-style form). The state belongs to this call. When ``chunks`` is a
+        sequence its last chunk is decoded as the reference's ``last_chunk`` (one piece); for any other iterable
+        the held-back tail is flushed as one extra piece when it ends (same samples in total).
         """
+        decoder = StreamingDecoder(self, left_context, lookahead, num_quantizers=num_quantizers)
+        count = len(chunks) if isinstance(chunks, Sequence) and not isinstance(chunks, (torch.Tensor, str)) else None
+        for index, chunk in enumerate(chunks):
+            last = count is not None and index == count - 1
+            piece = decoder.push(chunk, last=last)
+            if piece is not None:
+                yield piece
+            if last:
+                return
+        tail = decoder.flush()
+        if tail is not None:
+            yield tail
+
+
+class StreamingDecoder:
+    """Push-style streaming decode of one stream (SPEC §2.7): ``push`` code chunks as they are made, get waveform
+    pieces back; ``flush`` (or ``push(..., last=True)``) ends the stream.
+
+    Each chunk is decoded together with up to ``left_context`` cached frames; the audio of the last ``lookahead``
+    frames is held back until more context arrives (or the stream ends).
+    """
+
+    def __init__(self, codec: AudioTokenizer, left_context: int = 250, lookahead: int = 40, *,
+                 num_quantizers: int | None = None):
         for name, v in (("left_context", left_context), ("lookahead", lookahead)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
                 raise AudioInputError(f"{name} must be a non-negative integer, got {v!r}")
         if left_context < lookahead:
             raise AudioInputError(f"left_context ({left_context}) must be at least lookahead ({lookahead})")
-        count = len(chunks) if isinstance(chunks, Sequence) and not isinstance(chunks, (torch.Tensor, str)) else None
-        fpt = self.samples_per_code
-        cache, processed = None, 0
-        held, held_from = None, 0  # last decoded waveform and where its unsent part starts (frames)
-        for index, chunk in enumerate(chunks):
-            c = self._check_codes(chunk, num_quantizers, allow_empty=True)
-            if c.shape[0] == 0:
-                continue
-            with torch.inference_mode():
-                h = self.quantizer.decode(c)
-                if cache is not None:
-                    h = torch.cat([cache, h])
-                wav = self.decode_hidden(h)
-            n, start = h.shape[0], processed
-            if count is not None and index == count - 1:
-                yield wav[start * fpt:]
-                return
-            if n <= lookahead:
-                cache, processed, held, held_from = h, 0, wav, start
-                continue
-            end = n - lookahead
-            yield wav[start * fpt: end * fpt]
-            held, held_from = wav, end
-            cache, processed = h, end
-            if n > left_context:
-                cache, processed = h[n - left_context:], end - (n - left_context)
-        if held is not None and held.shape[0] > held_from * fpt:
-            yield held[held_from * fpt:]
+        self.codec, self.left_context, self.lookahead = codec, int(left_context), int(lookahead)
+        self.num_quantizers = num_quantizers
+        self._cache: torch.Tensor | None = None  # decoder input (hidden) frames kept as left context
+        self._processed = 0  # frames of the cache whose audio was already emitted
+        self._held: torch.Tensor | None = None  # last decoded waveform; its audio from _held_from on is unsent
+        self._held_from = 0
+        self._ended = False
+
+    def push(self, chunk: torch.Tensor, *, last: bool = False) -> torch.Tensor | None:
+        """Add codes ``(frames, n_q)``; returns the waveform piece that became ready, or None. ``last=True``
+        decodes the chunk as the end of the stream and returns everything left."""
+        if self._ended:
+            raise AudioInputError("this stream has ended (last chunk pushed or flushed); start a new decoder")
+        codec = self.codec
+        c = codec._check_codes(chunk, self.num_quantizers, allow_empty=True)
+        if c.shape[0] == 0:
+            return self.flush() if last else None
+        with torch.inference_mode():
+            h = codec.quantizer.decode(c)
+            if self._cache is not None:
+                h = torch.cat([self._cache, h])
+            wav = codec.decode_hidden(h)
+        fpt = codec.samples_per_code
+        n, start = h.shape[0], self._processed
+        if last:
+            self._ended = True
+            return wav[start * fpt:]
+        if n <= self.lookahead:
+            self._cache, self._processed, self._held, self._held_from = h, 0, wav, start
+            return None
+        end = n - self.lookahead
+        self._held, self._held_from = wav, end
+        self._cache, self._processed = h, end
+        if n > self.left_context:
+            self._cache, self._processed = h[n - self.left_context:], end - (n - self.left_context)
+        return wav[start * fpt: end * fpt]
+
+    def flush(self) -> torch.Tensor | None:
+        """End the stream: the held-back audio (None if nothing is left)."""
+        self._ended = True
+        held, cut = self._held, self._held_from * self.codec.samples_per_code
+        self._held = None
+        if held is None or held.shape[0] <= cut:
+            return None
+        return held[cut:]
 
 
 def random_tokenizer(config: TokenizerConfig | dict, *, seed: int = 0, dtype=None, device=None) -> AudioTokenizer:
