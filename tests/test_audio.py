@@ -248,3 +248,24 @@ def test_damaged_files_only_raise_audio_input_error(fmt, cut, flips):
     except AudioInputError:
         return
     assert wav.dtype == torch.float32 and wav.ndim == 1 and torch.isfinite(wav).all()
+
+
+def test_decoded_size_limit_and_too_long_error_type(tmp_path):
+    """A file whose decoded float32 samples would pass ``max_decoded_bytes`` (here: 1 s at 192 kHz x 8 channels
+    = 6.1 MB) is refused from its header with AudioTooLongError (a subclass of AudioInputError), as is audio over
+    max_seconds; within both limits it loads."""
+    import io as _io
+
+    import soundfile as sf
+
+    from mimo_audio.errors import AudioTooLongError
+
+    buf = _io.BytesIO()
+    sf.write(buf, np.zeros((192_000, 8), np.float32), 192_000, format="FLAC")
+    data = buf.getvalue()
+    with pytest.raises(AudioTooLongError, match="decoded-size limit"):
+        load_audio(data, max_decoded_bytes=1_000_000)
+    with pytest.raises(AudioTooLongError, match="longer than the limit"):
+        load_audio(data, max_seconds=0.5)
+    assert issubclass(AudioTooLongError, AudioInputError)
+    assert load_audio(data, max_decoded_bytes=8_000_000).shape == (24000,)

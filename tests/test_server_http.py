@@ -173,7 +173,7 @@ def test_speech_reference_voice_and_instructions(client, fake):
     task, kw = fake.prepared[-1]
     assert task == "speak" and kw["instruct"] == "whisper" and kw["seed"] == 3 and kw["max_new_tokens"] == 2
     samples, rate = kw["voice"]
-    assert rate == 16000 and len(samples) == 16000
+    assert rate == 24000 and len(samples) == 24000  # 1 s, resampled to the model's rate on upload
 
 
 def test_path_like_inputs_are_never_opened(client, fake, tmp_path):

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import AudioInputError
+from .errors import AudioInputError, AudioTooLongError
 from .files import atomic_output
 
 MIN_RATE = 1_000
@@ -60,11 +60,18 @@ def check_rate(sample_rate: Any, what: str = "audio") -> int:
     return rate
 
 
-def _check_duration(frames: int, rate: int, max_seconds: float | None, what: str) -> None:
+def _check_duration(frames: int, rate: int, max_seconds: float | None, what: str,
+                    max_frames: int | None = None) -> None:
+    """``max_frames``: a cap from the decoded-size limit (frames x channels x 4 bytes)."""
     if max_seconds is not None and frames > max_seconds * rate:
-        raise AudioInputError(
+        raise AudioTooLongError(
             f"{what}: {frames / rate:.1f} s of audio is longer than the limit of {max_seconds:g} s; "
             "cut it into shorter pieces or raise max_seconds"
+        )
+    if max_frames is not None and frames > max_frames:
+        raise AudioTooLongError(
+            f"{what}: {frames / rate:.1f} s of audio decodes to more than the decoded-size limit "
+            f"({max_frames / rate:.1f} s at this rate and channel count); send less or shorter audio"
         )
 
 
@@ -183,7 +190,7 @@ def _open(source, what: str):
         ) from None
 
 
-def _from_file(source, target_rate, max_seconds, max_channels, what) -> torch.Tensor:
+def _from_file(source, target_rate, max_seconds, max_channels, what, max_decoded_bytes=None) -> torch.Tensor:
     with _open(source, what) as f:
         try:
             rate = check_rate(f.samplerate, what)
@@ -193,8 +200,10 @@ def _from_file(source, target_rate, max_seconds, max_channels, what) -> torch.Te
                     f"{what}: {channels} channels is outside the supported 1-{max_channels}; mix it down first"
                 )
             declared = int(f.frames)
-            _check_duration(declared, rate, max_seconds, what)
-            limit = None if max_seconds is None else int(max_seconds * rate)
+            max_frames = None if max_decoded_bytes is None else int(max_decoded_bytes) // (4 * channels)
+            _check_duration(declared, rate, max_seconds, what, max_frames)
+            limits = [v for v in (None if max_seconds is None else int(max_seconds * rate), max_frames) if v is not None]
+            limit = min(limits) if limits else None
             info = f.extra_info or ""
             if _DATA_SHOULD_BE.search(info):
                 raise AudioInputError(f"{what}: the file is truncated (its header promises more audio than it holds)")
@@ -205,7 +214,7 @@ def _from_file(source, target_rate, max_seconds, max_channels, what) -> torch.Te
                     break
                 total += block.shape[0]
                 if limit is not None and total > limit:
-                    _check_duration(total, rate, max_seconds, what)
+                    _check_duration(total, rate, max_seconds, what, max_frames)
                 blocks.append(block)
                 if declared > 0 and total >= declared and block.shape[0] < _BLOCK_FRAMES:
                     break
@@ -233,12 +242,15 @@ def load_audio(
     target_rate: int = 24000,
     max_seconds: float | None = DEFAULT_MAX_SECONDS,
     max_channels: int = MAX_CHANNELS,
+    max_decoded_bytes: int | None = None,
 ) -> torch.Tensor:
     """Load ``source`` as mono float32 at ``target_rate`` (1-D CPU tensor).
 
     ``sample_rate`` is the rate of an array/tensor source (required for those); for files and bytes the
     file's own rate is used and ``sample_rate`` is ignored. ``max_seconds`` (default 30 minutes, ``None``
-    for no limit) is checked from the header before decoding and again while decoding.
+    for no limit) is checked from the header before decoding and again while decoding; ``max_decoded_bytes``
+    caps the float32 samples a file or bytes source may decode to (a guard against forged sample rates and
+    highly compressed silence). Over either limit: :class:`AudioTooLongError`.
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(os.fspath(source)).expanduser()
@@ -252,12 +264,12 @@ def load_audio(
                 pass
         except OSError as exc:
             raise AudioInputError(f"{what}: cannot open the file ({exc.strerror or exc})") from None
-        return _from_file(str(path), target_rate, max_seconds, max_channels, what)
+        return _from_file(str(path), target_rate, max_seconds, max_channels, what, max_decoded_bytes)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if not data:
             raise AudioInputError("audio bytes: empty input (0 bytes)")
-        return _from_file(io.BytesIO(data), target_rate, max_seconds, max_channels, "audio bytes")
+        return _from_file(io.BytesIO(data), target_rate, max_seconds, max_channels, "audio bytes", max_decoded_bytes)
     if isinstance(source, tuple) and len(source) == 2 and not isinstance(source[1], (np.ndarray, torch.Tensor, list)):
         samples, rate = source
         return _from_array(samples, rate, target_rate, max_seconds, max_channels, "audio array")

@@ -15,6 +15,10 @@ class AudioInputError(MimoAudioError, ValueError):
     """Audio that cannot be used: missing, unreadable, empty, non-finite, bad rate, too long, not audio."""
 
 
+class AudioTooLongError(AudioInputError):
+    """Audio over a duration or decoded-size limit (a server answers 413 rather than 400)."""
+
+
 class CheckpointError(MimoAudioError, ValueError):
     """A checkpoint folder or hub id that cannot be loaded: missing files or keys, wrong shapes, bad config."""
 

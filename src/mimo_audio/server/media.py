@@ -1,8 +1,9 @@
 """Audio in and out of the HTTP layer: decode uploads under limits, encode replies, split long audio.
 
 Uploads are bytes (multipart files) or base64 / ``data:`` URLs in JSON; nothing here ever opens a path or
-fetches a URL named in a request. Decoding checks the header (sample rate, channels, declared length) before
-reading, reads at most the allowed number of frames, and rejects empty or non-finite audio.
+fetches a URL named in a request. Decoding is :func:`mimo_audio.audio.load_audio` with the server's limits: it
+checks the header (sample rate, channels, declared length, decoded size) before reading, reads at most the
+allowed number of frames, and rejects truncated, empty or non-finite audio.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 
 from .errors import APIError, bad_request
 
-MIN_RATE, MAX_RATE, MAX_CHANNELS = 8000, 192000, 8
+MAX_CHANNELS = 8
+SAMPLE_RATE = 24000
 MIN_SECONDS = 0.1
 OUTPUT_FORMATS = {"wav": "audio/wav", "flac": "audio/flac", "pcm": "audio/pcm", "pcm16": "audio/pcm"}
 KNOWN_UNSUPPORTED = {"mp3", "opus", "aac", "ogg", "webm", "m4a", "mp4"}
@@ -72,46 +74,33 @@ def decode_base64_audio(value: str, param: str) -> bytes:
 
 
 def decode_audio(data: bytes, limits: AudioLimits, param: str = "file") -> DecodedAudio:
-    """Audio file bytes -> mono float32 at the file's own rate, within the limits (else a 4xx APIError)."""
-    import soundfile as sf
+    """Audio file bytes -> mono float32 at 24 kHz within the limits (else a 4xx APIError).
+
+    The checks are :func:`mimo_audio.audio.load_audio`'s (rate, channels, header duration, decoded size while
+    reading, truncation, finite samples); the server adds its own channel cap and a minimum length.
+    """
+    from ..audio import load_audio
+    from ..errors import AudioInputError, AudioTooLongError
 
     if not data:
         raise bad_request(f"'{param}' is empty; send an audio file (wav, flac, ogg, mp3)", param, code="empty_audio")
-    hint = ("could not be decoded as audio; send wav, flac, ogg/vorbis/opus or mp3 (convert webm/m4a/aac to wav "
-            "first, e.g. with ffmpeg)")
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            rate, channels, frames = int(f.samplerate), int(f.channels), int(f.frames)
-            if not MIN_RATE <= rate <= MAX_RATE:
-                raise bad_request(f"'{param}' has sample rate {rate} Hz; supported rates are {MIN_RATE}..{MAX_RATE}"
-                                  " Hz", param, code="bad_sample_rate")
-            if not 1 <= channels <= MAX_CHANNELS:
-                raise bad_request(f"'{param}' has {channels} channels; at most {MAX_CHANNELS} are supported",
-                                  param, code="bad_channels")
-            max_frames = int(min(limits.max_seconds * rate, limits.max_decoded_bytes // (4 * channels)))
-            if frames > max_frames > 0 and frames < 2**62:
-                raise _too_long(param, frames / rate, limits)
-            block = f.read(frames=max_frames + 1, dtype="float32", always_2d=True)
-    except APIError:
-        raise
-    except Exception:  # libsndfile raises several types for corrupt input; all mean "not usable audio"
-        raise bad_request(f"'{param}' {hint}", param, code="invalid_audio") from None
-    if len(block) > max_frames:
-        raise _too_long(param, len(block) / rate, limits)
-    if len(block) < MIN_SECONDS * rate:
-        raise bad_request(f"'{param}' holds {len(block) / rate:.3f} s of audio; at least {MIN_SECONDS} s is needed",
-                          param, code="audio_too_short")
-    if not np.isfinite(block).all():
-        raise bad_request(f"'{param}' contains NaN or infinite samples; send finite audio", param,
-                          code="invalid_audio")
-    mono = block.mean(axis=1) if channels > 1 else block[:, 0]
-    return DecodedAudio(np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False), rate)
+        wav = load_audio(data, target_rate=SAMPLE_RATE, max_seconds=limits.max_seconds, max_channels=MAX_CHANNELS,
+                         max_decoded_bytes=limits.max_decoded_bytes)
+    except AudioTooLongError as exc:
+        raise APIError(413, _named(exc, param), param=param, code="audio_too_long") from None
+    except AudioInputError as exc:
+        raise bad_request(_named(exc, param), param, code="invalid_audio") from None
+    samples = wav.numpy()
+    if len(samples) < MIN_SECONDS * SAMPLE_RATE:
+        raise bad_request(f"'{param}' holds {len(samples) / SAMPLE_RATE:.3f} s of audio; at least {MIN_SECONDS} s "
+                          "is needed", param, code="audio_too_short")
+    return DecodedAudio(np.clip(samples, -1.0, 1.0), SAMPLE_RATE)
 
 
-def _too_long(param: str, seconds: float, limits: AudioLimits) -> APIError:
-    return APIError(413, f"'{param}' lasts {seconds:.1f} s; the limit is {limits.max_seconds:.0f} s of audio per "
-                    "request (or the decoded-size limit); split it or send less", param=param,
-                    code="audio_too_long")
+def _named(exc: Exception, param: str) -> str:
+    """The library's message with the request field named instead of "audio bytes"."""
+    return str(exc).replace("audio bytes", f"'{param}'", 1)
 
 
 def check_output_format(fmt: str | None, param: str = "response_format", *, stream: bool = False) -> str:
