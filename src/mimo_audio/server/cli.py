@@ -10,8 +10,8 @@ import logging
 import os
 import sys
 
-DEFAULT_MODEL = "XiaomiMiMo/MiMo-Audio-7B-Instruct"
-DEFAULT_TOKENIZER = "XiaomiMiMo/MiMo-Audio-Tokenizer"
+from ..checkpoint import INSTRUCT_ID
+from ..cli import add_model_args
 
 
 def add_serve_command(subparsers) -> argparse.ArgumentParser:
@@ -19,12 +19,8 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
         "serve", help="run the OpenAI-compatible HTTP server and web page",
         description="Serve MiMo-Audio over HTTP: /v1/audio/speech, /v1/audio/transcriptions, /v1/chat/completions, "
                     "/v1/models, /health, /ready, /metrics and a web page at /. See docs/server.md.")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=DEFAULT_MODEL, help=f"LM hub id or folder (default: {DEFAULT_MODEL})")
-    g.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
-                   help=f"audio tokenizer hub id or folder (default: {DEFAULT_TOKENIZER})")
-    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    g.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
+    add_model_args(p, INSTRUCT_ID)
+    g = p.add_argument_group("serving")
     g.add_argument("--served-model-name", default="mimo-audio",
                    help="the model id clients send and GET /v1/models lists (default: mimo-audio)")
     g = p.add_argument_group("network")
