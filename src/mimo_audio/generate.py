@@ -10,7 +10,6 @@ decoder runs at all and which rows stop.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -280,11 +279,6 @@ def generate(lm, prompts, config=None, *, empty_id: int | None = None, greedy: b
     while not stream.finished:
         stream.step()
     return [o.clone() for o in stream.outputs()]
-
-
-def replace(config: GenerationConfig, **changes) -> GenerationConfig:
-    """``dataclasses.replace`` for configs (convenience)."""
-    return dataclasses.replace(config, **changes)
 
 
 class _CallableModule(__import__("types").ModuleType):
