@@ -109,3 +109,18 @@ def test_limits_and_errors(lm):
     assert set(PRESETS) >= {"default", "asr", "tts", "spoken_dialogue", "audio_understanding", "text_chat",
                             "in_context_learning_s2s", "qa"}
     assert PRESETS["asr"][0].do_sample is False and PRESETS["default"][0] == SamplingParams(True, 0.6, 50, 0.95)
+
+
+def test_outputs_are_ordinary_tensors(lm):
+    """The engine runs in inference mode, but what it hands out can be modified in place and used with autograd
+    outside it (an inference tensor would raise on both)."""
+    prompts = _prompts(lm)[:2]
+    cfg = GenerationConfig(max_new_tokens=3)
+    stream = stream_generate(lm, prompts, cfg, empty_id=EMPTY, greedy=True)
+    rows = [g for g in stream.step() if g is not None]
+    for out in [*rows, *stream.outputs(), *generate(lm, prompts, cfg, empty_id=EMPTY, greedy=True)]:
+        assert not out.is_inference()
+        out.add_(0)
+    emb = torch.nn.Embedding(lm.config.vocab_size, 2)
+    emb(rows[0][0]).sum().backward()  # token ids straight into a module that tracks gradients
+    assert emb.weight.grad is not None

@@ -218,7 +218,7 @@ class GenerationStream:
                 for g, row in zip(self.gens, self.u_rows):
                     row.uniform_(generator=g)
             self.u = self.u_all[:, i]
-        with torch.no_grad():
+        with torch.inference_mode():
             logits = st.text_logits()
             ban = self._text_ban()
             if self.text_greedy:
@@ -236,6 +236,7 @@ class GenerationStream:
                          else st.decode(self._local_pick, ban_in_bias=False))
                 if not all(speech):
                     codes = torch.where((tok == self.empty_id)[:, None, None], codes, st.empty_codes)
+        with torch.no_grad():  # the rows handed out are ordinary tensors (callers may modify them in place)
             group = torch.empty(self.B, self.C + 1, self.G, dtype=torch.long, device=self.out.device)
             group[:, 0] = tok[:, None]
             group[:, 1:] = st.empty_codes[:, None] if codes is None else codes.transpose(1, 2)

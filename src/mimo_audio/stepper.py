@@ -95,7 +95,7 @@ class FastWeights:
         if padded is None:
             padded = sum(p.numel() for p in lm.parameters()) <= PADDED_LIMIT
         self.padded = padded
-        with torch.no_grad():
+        with torch.inference_mode():
             self.bb = _StackWeights(lm.backbone, padded, rope_cols=True)
             self.enc = _StackWeights(lm.patch_encoder, padded, rope_cols=True)
             # text head / decoder input from the normed backbone stream; text embeddings as a stream
@@ -232,6 +232,9 @@ class Stepper:
     """Preallocated state for generating up to ``max_len`` positions for ``B`` rows; runs prefill, backbone
     steps, patch encoding of new groups and the patch decoder.
 
+    Buffers are inference tensors and the public methods run under ``torch.inference_mode()`` (cheaper per op);
+    what they return is an inference tensor too: use it under ``no_grad``/``inference_mode`` or clone it.
+
     Fast path (used by :mod:`mimo_audio.generate`): :meth:`prefill`, then per group :meth:`text_logits`,
     :meth:`decode` (patch decoder from the current backbone state) and :meth:`advance` (embed the new group and
     run the backbone). :meth:`decode_patch` runs the patch decoder from a given first input instead.
@@ -240,6 +243,12 @@ class Stepper:
     BUCKET = 256
 
     def __init__(self, lm: MimoAudioLM, batch: int, max_len: int, empty_id: int):
+        # buffers are inference tensors (no version counters or view tracking: cheaper per op); the public
+        # methods run in inference mode
+        with torch.inference_mode():
+            self._build(lm, batch, max_len, empty_id)
+
+    def _build(self, lm: MimoAudioLM, batch: int, max_len: int, empty_id: int) -> None:
         self.lm, self.fw = lm, fast_weights(lm)
         c = lm.config
         self.c, self.B, self.max_len, self.empty_id = c, batch, max_len, empty_id
@@ -357,7 +366,7 @@ class Stepper:
             self._views[bucket] = views
         return views
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def prefill(self, grid: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Left-padded ``grid`` ``[B, 9, 4N]`` with ``valid`` ``[B, N]``; fills the caches, returns the normed
         last hidden state ``(B, D)``."""
@@ -427,13 +436,13 @@ class Stepper:
         self.t_idx.add_(1)
         self.pos.add_(1)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def text_logits(self) -> torch.Tensor:
         """Text logits ``(B, vocab)`` (float32) of the newest position."""
         out = torch.mm(self.n, self.fw.lm_head)
         return out if out.dtype == torch.float32 else out.float()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def advance(self, text: torch.Tensor, speech: list[bool]) -> None:
         """Embed the group just made (``text`` ``(B,)``; its codes are those of the last :meth:`decode`,
         used for the rows where host-side ``speech[b]`` is True) and run the backbone on it."""
@@ -497,7 +506,7 @@ class Stepper:
             R.addmm_(dgate * dup, wd2)
         return _ln(R, width, self.fw.dec_norm, None, eps)[0][:, :Dl]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def decode(self, pick, *, ban_in_bias: bool = True) -> torch.Tensor:
         """The patch decoder from the newest backbone position; see :meth:`decode_patch`.
 
@@ -506,14 +515,15 @@ class Stepper:
         """
         return self._decode(torch.mm(self.n, self.fw.first), pick, ban_in_bias)
 
-    @torch.no_grad()
-    def decode_patch(self, first: torch.Tensor, pick) -> torch.Tensor:
+    @torch.inference_mode()
+    def decode_patch(self, first: torch.Tensor, pick, *, ban_in_bias: bool = True) -> torch.Tensor:
         """Run the ``S``-step delayed patch decoder from ``first`` ``(B, local_dim)``.
 
         ``pick(step, logits (B, n, vmax)) -> tokens (B, n)`` chooses the tokens of the active channels (the
-        bias already bans each channel's empty id and the padding). Returns codes ``(B, G, C)``.
+        bias bans the padding and, unless ``ban_in_bias=False`` (see :meth:`decode`), each channel's empty id).
+        Returns codes ``(B, G, C)``.
         """
-        return self._decode(torch.cat([first, -first], -1), pick)
+        return self._decode(torch.cat([first, -first], -1), pick, ban_in_bias)
 
     def _decode(self, R: torch.Tensor, pick, ban_in_bias: bool = True) -> torch.Tensor:
         fw, S = self.fw, self.S
