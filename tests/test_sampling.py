@@ -93,3 +93,17 @@ def test_ban_is_never_broken_when_the_filters_keep_only_banned_ids(kmax, sampled
     ok = torch.tensor([[5.0, 4.0, 3.0, 1.0]])
     kw["ban"] = torch.tensor([[float("-inf"), 0.0, 0.0, 0.0]])
     assert int(sample(ok, uniforms=torch.tensor([0.3]) if sampled else None, **kw)) == 1
+
+
+@pytest.mark.parametrize("kmax", [None, 3])
+def test_top_p_one_still_drops_zero_probability_tokens_before_a_ban(kmax):
+    """With top-p 1 the nucleus filter only drops tokens whose probability underflows to 0; that matters once a
+    ban renormalises: here ids 1 and 2 leave the nucleus, id 0 is banned, so every draw falls back to the best
+    allowed id (1), never to id 2 (which a sampler that skipped top-p at p = 1 would draw for large u)."""
+    x = torch.tensor([[1000.0, 0.0, -1.0]])
+    ban = torch.tensor([[float("-inf"), 0.0, 0.0]])
+    kw = dict(temperature=torch.ones(1), top_k=torch.tensor([3 if kmax else 0]), top_p=torch.ones(1),
+              do_sample=torch.tensor([True]), kmax=kmax)
+    assert {int(sample(x, ban=ban, uniforms=torch.tensor([u]), **kw)) for u in (0.0, 0.5, 0.9, 0.999)} == {1}
+    # without a ban the skipped filter changes nothing: the top token has all the mass
+    assert {int(sample(x, uniforms=torch.tensor([u]), **kw)) for u in (0.0, 0.5, 0.999)} == {0}

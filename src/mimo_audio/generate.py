@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import PromptError
-from .sampling import GREEDY, SamplingParams, params_tensors, sample
+from .sampling import GREEDY, Sampler, SamplingParams, params_tensors
 from .stepper import Stepper
 
 __all__ = ["SamplingParams", "GenerationConfig", "PRESETS", "preset", "generate", "stream_generate",
@@ -148,10 +148,10 @@ class GenerationStream:
         # argmax rows ignore top-k/top-p (the filters keep the top of the ranking): plain argmax paths
         self.text_greedy = all(not p.do_sample for p in text_p)
         self.local_greedy = all(not p.do_sample for p in local_p)
-        self.tp, self.lp = params_tensors(text_p, dev), params_tensors(local_p, dev)
         # top-k candidates only (torch.topk) when every row sets top_k
-        self.text_kmax = max(p.top_k for p in text_p) if all(p.top_k for p in text_p) else None
-        self.local_kmax = max(p.top_k for p in local_p) if all(p.top_k for p in local_p) else None
+        self.text_sampler, self.local_sampler = (
+            Sampler(**params_tensors(ps, dev), kmax=max(p.top_k for p in ps) if all(p.top_k for p in ps) else None)
+            for ps in (text_p, local_p))
         ban = torch.zeros(B, V, dtype=torch.float32, device=dev)
         ban_stop = torch.zeros(B, V, dtype=torch.float32, device=dev)
         for b, cfg in enumerate(cfgs):
@@ -200,9 +200,7 @@ class GenerationStream:
 
     def _local_pick(self, p, logits):
         u = None if self.gens is None else self.u[:, 1 + p * self.C: 1 + p * self.C + logits.shape[1]]
-        lp = self.lp
-        return sample(logits, temperature=lp["temperature"], top_k=lp["top_k"], top_p=lp["top_p"],
-                      do_sample=lp["do_sample"], ban=self.st.fw.local_ban[p], uniforms=u, kmax=self.local_kmax)
+        return self.local_sampler(logits, self.st.fw.local_ban[p], u)
 
     def step(self) -> list[torch.Tensor | None]:
         """Generate one group for every unfinished row."""
@@ -224,10 +222,7 @@ class GenerationStream:
             if self.text_greedy:
                 tok = (logits + ban).argmax(-1)
             else:
-                tp = self.tp
-                tok = sample(logits, temperature=tp["temperature"], top_k=tp["top_k"], top_p=tp["top_p"],
-                             do_sample=tp["do_sample"], ban=ban, uniforms=self.u[:, 0] if self.gens else None,
-                             kmax=self.text_kmax)
+                tok = self.text_sampler(logits, ban, self.u[:, 0] if self.gens else None)
             host = tok.tolist()  # the one host sync of this group
             speech = [t == self.empty_id for t in host]
             codes = None
