@@ -216,6 +216,7 @@ class _Stream:
             self.qk5 = self.qkv[:, :qk].view(B, T, heads + kv_heads, 2, hd // 2)
         self.gu = torch.zeros(rows, 2 * ffn, **z)
         self.gate, self.up = self.gu[:, :ffn], self.gu[:, ffn:]
+        self.act = torch.zeros(rows, ffn, **z)
         if not st.padded:
             self.R = torch.zeros(rows, 2 * self.D, **z)
             self.R1, self.R2 = self.R[:, : self.D], self.R[:, self.D:]
@@ -320,10 +321,16 @@ class Stepper:
             self.dk.append([v4[: p + 1, :, 1].permute(1, 2, 0) for p in range(S)])  # (BH, hd, p + 1)
             self.dv.append([v4[: p + 1, :, 2].transpose(0, 1) for p in range(S)])  # (BH, p + 1, hd)
         self.dscore = [torch.zeros(BH, 1, p + 1, **z) for p in range(S)]
+        self.dprob = [torch.zeros(BH, 1, p + 1, **z) for p in range(S)]
         self.datt = torch.zeros(B, Hl * hdl, **z)
         self.datt3 = self.datt.view(BH, 1, hdl)
         self.dgu = torch.zeros(B, 2 * dc.ffn, **z)
         self.dgate, self.dup = self.dgu[:, : dc.ffn], self.dgu[:, dc.ffn:]
+        self.dact = torch.zeros(B, dc.ffn, **z)
+        # per step, per layer: everything the layer-step touches, in one flat tuple
+        self.dplan = [[(w1, *per_pos[p], row[p], q[p], k[p], v[p], wo2, w2, wgu, wd2)
+                       for (w1, per_pos, wo2, w2, wgu, wd2), row, q, k, v
+                       in zip(self.fw.dec, self.drow, self.dq, self.dk, self.dv)] for p in range(S)]
         self.eps_dec = dc.eps
         # per step: the logits buffer (B, n * V) and its (B, n, V) view; V = vmax (-inf padded, scattered into)
         # where the active channels' vocabularies differ, else their common size (written in place)
@@ -389,14 +396,14 @@ class Stepper:
         own ``R1``); ``attend()`` does RoPE, cache writes and attention and returns ``(rows, H * hd)``."""
         w, D, eps, pad = s.w, s.D, s.w.eps, self.padded
         width = (2 * D,)
-        qkv, gu, gate, up = s.qkv, s.gu, s.gate, s.up
+        qkv, gu, gate, up, act, mul = s.qkv, s.gu, s.gate, s.up, s.act, torch.mul
         if pad:
             for w1, bq, wqkv, wo, w2, wgu, wd in w.layers:
                 torch.addmm(bq, _ln(R, width, w1, None, eps)[0][:, :D], wqkv, out=qkv)
                 R.addmm_(attend(), wo)
                 torch.mm(_ln(R, width, w2, None, eps)[0][:, :D], wgu, out=gu)
                 F.silu(gate, inplace=True)
-                R.addmm_(gate * up, wd)
+                R.addmm_(mul(gate, up, out=act), wd)
             return _ln(R, width, w.norm, None, eps)[0]
         R, R1, R2 = s.R, s.R1, s.R2
         for w1, bq, wqkv, wo, w2, wgu, wd in w.layers:
@@ -406,7 +413,7 @@ class Stepper:
             torch.neg(R1, out=R2)
             torch.mm(_ln(R, width, w2, None, eps)[0][:, :D], wgu, out=gu)
             F.silu(gate, inplace=True)
-            R1.addmm_(gate * up, wd)
+            R1.addmm_(mul(gate, up, out=act), wd)
         torch.neg(R1, out=R2)
         return _ln(R, width, w.norm, None, eps)[0]
 
@@ -488,22 +495,20 @@ class Stepper:
         """The decoder blocks at step ``p`` on the stream ``R`` (in place); returns the normed ``(B, Dl)``."""
         eps, Dl = self.eps_dec, self.Dl
         width = (2 * Dl,)
-        bmm, softmax, addmm, mm, silu = torch.bmm, torch.softmax, torch.addmm, torch.mm, F.silu
-        dgu, dgate, dup, score, att, att3 = self.dgu, self.dgate, self.dup, self.dscore[p], self.datt, self.datt3
-        for (w1, per_pos, wo2, w2, wgu, wd2), row, q, k, v in zip(self.fw.dec, self.drow, self.dq, self.dk, self.dv):
-            bp, wp = per_pos[p]
-            n = _ln(R, width, w1, None, eps)[0]
-            addmm(bp, n[:, :Dl], wp, out=row[p])
+        bmm, softmax, addmm, mm, mul, silu = torch.bmm, torch.softmax, torch.addmm, torch.mm, torch.mul, F.silu
+        dgu, dgate, dup, act, att, att3 = self.dgu, self.dgate, self.dup, self.dact, self.datt, self.datt3
+        score, prob = self.dscore[p], self.dprob[p]
+        for w1, bp, wp, row, q, k, v, wo2, w2, wgu, wd2 in self.dplan[p]:
+            addmm(bp, _ln(R, width, w1, None, eps)[0][:, :Dl], wp, out=row)
             if p:
-                bmm(q[p], k[p], out=score)
-                bmm(softmax(score, -1), v[p], out=att3)
+                bmm(q, k, out=score)
+                bmm(softmax(score, -1, out=prob), v, out=att3)
             else:  # one key: the softmax weight is exactly 1
-                att3.copy_(v[0])
+                att3.copy_(v)
             R.addmm_(att, wo2)
-            n = _ln(R, width, w2, None, eps)[0]
-            mm(n[:, :Dl], wgu, out=dgu)
+            mm(_ln(R, width, w2, None, eps)[0][:, :Dl], wgu, out=dgu)
             silu(dgate, inplace=True)
-            R.addmm_(dgate * dup, wd2)
+            R.addmm_(mul(dgate, dup, out=act), wd2)
         return _ln(R, width, self.fw.dec_norm, None, eps)[0][:, :Dl]
 
     @torch.inference_mode()
