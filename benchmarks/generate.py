@@ -2,7 +2,7 @@
 
 A random "tiny-deep" model with the released depths (36 backbone, 16 patch-decoder, 6 patch-encoder layers)
 and width 64, on one CPU thread, eager. Audio groups are forced by banning every text id but <|empty|>, text
-groups by banning <|empty|>. Usage: python benchmarks/generate.py [--groups 40] [--sample]
+groups by banning <|empty|>. Usage: python benchmarks/generate.py [--groups 40] [--threads 1]
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ On the "tiny-deep" model of benchmarks/generate.py the patch decoder (16 layers 
 3. the real decoder loop (16 distinct layers: the working set leaves the 2 MB L2);
 4. a whole audio group through the engine.
 
-Usage: python benchmarks/op_floor.py [--reps 30]
+Usage: python benchmarks/op_floor.py [--reps 30] [--calls 3000]
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from mimo_audio.generate import GenerationConfig, preset, stream_generate
 from mimo_audio.stepper import _ln
 
 
-def per_call_us(fn, n=3000) -> float:
-    for _ in range(200):
+def per_call_us(fn, n) -> float:
+    for _ in range(min(n, 200)):
         fn()
     best = float("inf")
     for _ in range(5):  # best of 5 batches: other load on the machine only ever adds time
@@ -50,7 +50,8 @@ def median_ms(fn, reps) -> float:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--reps", type=int, default=30, help="timed runs of the decoder loop and of a whole group")
+    ap.add_argument("--calls", type=int, default=3000, help="calls per timed batch of one op alone")
     args = ap.parse_args()
     torch.set_num_threads(1)
     lm = tiny_deep()
@@ -84,11 +85,11 @@ def main():
             "mul": lambda: torch.mul(st.dgate, st.dup, out=st.dact),
             "addmm_ down + residual": lambda: R.clone().addmm_(st.dact, wd2),
         }
-        clone = per_call_us(lambda: R.clone())
+        clone = per_call_us(lambda: R.clone(), args.calls)
         total = 0.0
         print("\n| op (one decoder layer-step) | us per call, alone |\n|---|---|")
         for name, fn in ops.items():
-            us = per_call_us(fn) - (clone if "residual" in name else 0.0)
+            us = per_call_us(fn, args.calls) - (clone if "residual" in name else 0.0)
             us_all = us * (2 if "(x2)" in name else 1)
             total += us_all
             print(f"| {name} | {us:.2f} |")

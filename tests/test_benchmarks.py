@@ -1,0 +1,39 @@
+"""The benchmark scripts run, print their tables, and the engine stays within the op goal of issue 3 (<= 3,000
+aten ops per greedy audio group on the tiny-deep model, batch 1 and 8). Op counts are exact; times are not
+checked here (they belong to docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run(script: str, *args: str) -> str:
+    out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_generate_benchmark_and_the_op_goal():
+    rows = {}
+    for line in _run("generate.py", "--groups", "2").splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[1].isdigit():
+            rows[(cells[0], int(cells[1]), cells[2])] = (float(cells[3]), float(cells[5]))
+    assert len(rows) == 8, rows
+    for batch in (1, 8):
+        ms, ops = rows[("greedy", batch, "audio")]
+        assert ms > 0 and ops <= 3000, (batch, ops)
+        # a text group runs the backbone only: far fewer ops than an audio group
+        assert rows[("greedy", batch, "text")][1] < ops / 3
+
+
+def test_op_floor_benchmark_prints_its_tables():
+    out = _run("op_floor.py", "--reps", "2", "--calls", "50")
+    assert "**sum per layer-step**" in out
+    for row in ("every op at its isolated speed", "real loop, distinct layers", "whole audio group"):
+        line = next(x for x in out.splitlines() if row in x)
+        assert float(line.strip("|").split("|")[-1]) > 0
