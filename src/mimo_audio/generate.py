@@ -145,10 +145,8 @@ class GenerationStream:
         V = c.vocab_size
         text_p = [GREEDY if greedy else cfg.text for cfg in cfgs]
         local_p = [GREEDY if greedy else cfg.local for cfg in cfgs]
-        # argmax rows ignore top-k/top-p (the filters keep the top of the ranking): plain argmax paths
-        self.text_greedy = all(not p.do_sample for p in text_p)
-        self.local_greedy = all(not p.do_sample for p in local_p)
-        # top-k candidates only (torch.topk) when every row sets top_k
+        # top-k candidates only (torch.topk) when every row sets top_k; a sampler whose rows all take the argmax
+        # skips its filters (they keep the top of the ranking)
         self.text_sampler, self.local_sampler = (
             Sampler(**params_tensors(ps, dev), kmax=max(p.top_k for p in ps) if all(p.top_k for p in ps) else None)
             for ps in (text_p, local_p))
@@ -163,7 +161,7 @@ class GenerationStream:
         self.gate = torch.zeros(B, 1, dtype=torch.bool, device=dev)  # True: still below min_new (stop ids banned)
         self._gate_host: list[bool] | None = None
         self.gens = None
-        if not (self.text_greedy and self.local_greedy):
+        if self.text_sampler.any_sample or self.local_sampler.any_sample:
             seeds = [cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, ())) for cfg in cfgs]
             gdev = dev if dev.type != "cpu" else "cpu"
             self.gens = [torch.Generator(device=gdev).manual_seed(s) for s in seeds]
@@ -219,16 +217,14 @@ class GenerationStream:
         with torch.inference_mode():
             logits = st.text_logits()
             ban = self._text_ban()
-            if self.text_greedy:
-                tok = (logits + ban).argmax(-1)
-            else:
-                tok = self.text_sampler(logits, ban, self.u[:, 0] if self.gens else None)
+            tok = self.text_sampler(logits, ban, None if self.gens is None else self.u[:, 0])
             host = tok.tolist()  # the one host sync of this group
             speech = [t == self.empty_id for t in host]
             codes = None
             if any(s and not d for s, d in zip(speech, self.done)):
-                codes = (st.decode(_argmax) if self.local_greedy
-                         else st.decode(self._local_pick, ban_in_bias=False))
+                # argmax decoding keeps the empty-id ban in the heads' bias; samplers ban after top-p
+                codes = (st.decode(self._local_pick, ban_in_bias=False) if self.local_sampler.any_sample
+                         else st.decode(_argmax))
                 if not all(speech):
                     codes = torch.where((tok == self.empty_id)[:, None, None], codes, st.empty_codes)
         with torch.no_grad():  # the rows handed out are ordinary tensors (callers may modify them in place)

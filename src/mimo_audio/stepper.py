@@ -311,15 +311,20 @@ class Stepper:
         self.S = S
         Dl, Hl, hdl = dc.dim, dc.heads, dc.head_dim
         self.Dl = Dl
-        self.dcache = [torch.zeros(S, B, 3 * Hl * hdl, **z) for _ in range(dc.layers)]
-        self.drow, self.dq, self.dk, self.dv = [], [], [], []
         BH = B * Hl
-        for cc in self.dcache:  # rows [q_h, k_h, v_h] per head: (row, head) is one bmm batch axis
+        self.dcache = [torch.zeros(S, B, 3 * Hl * hdl, **z) for _ in range(dc.layers)]
+        # per step, per layer: everything the layer-step touches, in one flat tuple. Cache rows are [q_h, k_h, v_h]
+        # per head, so (row, head) is one bmm batch axis
+        self.dplan = [[] for _ in range(S)]
+        for (w1, per_pos, wo2, w2, wgu, wd2), cc in zip(self.fw.dec, self.dcache):
             v4 = cc.view(S, BH, 3, hdl)
-            self.drow.append([cc[p] for p in range(S)])
-            self.dq.append([v4[p, :, 0:1] for p in range(S)])  # (BH, 1, hd), pre-scaled
-            self.dk.append([v4[: p + 1, :, 1].permute(1, 2, 0) for p in range(S)])  # (BH, hd, p + 1)
-            self.dv.append([v4[: p + 1, :, 2].transpose(0, 1) for p in range(S)])  # (BH, p + 1, hd)
+            for p in range(S):
+                self.dplan[p].append((
+                    w1, *per_pos[p], cc[p],
+                    v4[p, :, 0:1],  # q (BH, 1, hd), pre-scaled
+                    v4[: p + 1, :, 1].permute(1, 2, 0),  # k (BH, hd, p + 1)
+                    v4[: p + 1, :, 2].transpose(0, 1),  # v (BH, p + 1, hd)
+                    wo2, w2, wgu, wd2))
         self.dscore = [torch.zeros(BH, 1, p + 1, **z) for p in range(S)]
         self.dprob = [torch.zeros(BH, 1, p + 1, **z) for p in range(S)]
         self.datt = torch.zeros(B, Hl * hdl, **z)
@@ -327,10 +332,6 @@ class Stepper:
         self.dgu = torch.zeros(B, 2 * dc.ffn, **z)
         self.dgate, self.dup = self.dgu[:, : dc.ffn], self.dgu[:, dc.ffn:]
         self.dact = torch.zeros(B, dc.ffn, **z)
-        # per step, per layer: everything the layer-step touches, in one flat tuple
-        self.dplan = [[(w1, *per_pos[p], row[p], q[p], k[p], v[p], wo2, w2, wgu, wd2)
-                       for (w1, per_pos, wo2, w2, wgu, wd2), row, q, k, v
-                       in zip(self.fw.dec, self.drow, self.dq, self.dk, self.dv)] for p in range(S)]
         self.eps_dec = dc.eps
         # per step: the logits buffer (B, n * V) and its (B, n, V) view; V = vmax (-inf padded, scattered into)
         # where the active channels' vocabularies differ, else their common size (written in place)
