@@ -10,6 +10,7 @@ import torch
 from mimo_audio.config import LMConfig
 from mimo_audio.errors import PromptError
 from mimo_audio.prompt import (
+    DEFAULT_ASR_TEMPLATE,
     DEFAULT_TTS_TEMPLATE,
     FILLER,
     NO_THINK,
@@ -162,7 +163,7 @@ def test_default_templates(pb):
     assert torch.equal(pb.tts("今天好"), pb.tts("今天好", template=DEFAULT_TTS_TEMPLATE["zh"]))
     text = pb.tok.decode(pb.tts("Hello there.")[0].tolist())
     assert f"{DEFAULT_TTS_TEMPLATE['en']}: Hello there." in text and "：:" not in text
-    assert torch.equal(pb.asr(codes_for(pb, 8)), pb.asr(codes_for(pb, 8)))
+    assert torch.equal(pb.asr(codes_for(pb, 8)), pb.asr(codes_for(pb, 8), template=DEFAULT_ASR_TEMPLATE["en"]))
     assert not torch.equal(pb.asr(codes_for(pb, 8)), pb.asr(codes_for(pb, 8), language="zh"))
 
 
@@ -407,6 +408,38 @@ def test_streaming_parser_equals_batch(pb):
             assert torch.equal(got, want.codes), (trial, audio_open)
             assert parser.output.text == want.text and torch.equal(parser.output.codes, want.codes)
             assert parser.output.stopped == want.stopped and parser.output.groups == want.groups
+
+
+def test_parser_checks_held_audio_only_when_it_is_released(pb):
+    """With ``audio_open=None`` audio before any ``<|sostm|>`` is held: a later ``<|sostm|>`` discards it (bad
+    codes in it are no error, as in the one-shot rule), the end of the stream releases it (then they are)."""
+    bad = pb.audio(codes_for(pb, 4, 3))
+    bad[1, 0] = pb.layout.empty_ids[0]
+    good = codes_for(pb, 8, 4)
+    out = pb.parse(torch.cat([bad, pb.T("<|sostm|>"), pb.audio(good)], dim=1))
+    assert torch.equal(out.codes, good)
+    parser = pb.parser()
+    parser.feed(bad)
+    with pytest.raises(PromptError, match="outside"):
+        parser.finish()
+
+
+def test_parser_decodes_text_only_when_text_arrives(pb):
+    """Audio groups add no text: feeding them must not decode the reply's text again (that made streaming
+    quadratic in the reply's length)."""
+    calls = []
+    decode = pb.tok.decode
+    parser = pb.parser(task="dialogue")
+    g = pb.layout.group_size
+    gen = _as_generated(pb.S("Hello there, friend.", codes_for(pb, 40))[:, g:], g)
+    text_groups = sum(1 for t in gen[0, ::g].tolist() if t not in (pb.ids.empty,))
+    try:
+        pb.tok.decode = lambda *a, **k: calls.append(1) or decode(*a, **k)
+        for j in range(gen.shape[1] // g):
+            parser.feed(gen[:, j * g:(j + 1) * g])
+    finally:
+        pb.tok.decode = decode
+    assert 0 < len(calls) <= text_groups < gen.shape[1] // g
 
 
 def test_streaming_parser_streams_early(pb):

@@ -31,7 +31,7 @@ import torch
 
 from .errors import PromptError
 
-__all__ = ["ParsedOutput", "ParsedDelta", "parse_output", "OutputParser", "split_thinking"]
+__all__ = ["Layout", "ParsedOutput", "ParsedDelta", "parse_output", "OutputParser", "split_thinking"]
 
 
 @dataclass
@@ -75,10 +75,30 @@ def split_thinking(text: str) -> tuple[str | None, str]:
     return head.strip(), tail.strip()
 
 
-def _layout(spec) -> tuple[tuple[int, ...], int]:
-    if isinstance(spec, tuple) and len(spec) == 2 and not hasattr(spec, "empty_ids"):
-        return tuple(int(x) for x in spec[0]), int(spec[1])
-    return tuple(int(x) for x in spec.empty_ids), int(spec.group_size)
+@dataclass(frozen=True)
+class Layout:
+    """What the grid needs from the LM config: per-channel empty ids and the group size."""
+
+    empty_ids: tuple[int, ...]
+    group_size: int = 4
+
+    @property
+    def channels(self) -> int:
+        return len(self.empty_ids)
+
+    @classmethod
+    def of(cls, spec) -> Layout:
+        """From a Layout, an :class:`~mimo_audio.config.LMConfig`, or a tuple ``(empty_ids, group_size)``."""
+        if isinstance(spec, Layout):
+            return spec
+        if hasattr(spec, "empty_ids") and hasattr(spec, "group_size"):
+            return cls(tuple(int(x) for x in spec.empty_ids), int(spec.group_size))
+        if isinstance(spec, tuple) and len(spec) == 2:
+            return cls(tuple(int(x) for x in spec[0]), int(spec[1]))
+        raise TypeError("layout must be a Layout, an LMConfig or a tuple (empty_ids, group_size)")
+
+    def empty_column(self) -> torch.Tensor:
+        return torch.tensor(self.empty_ids, dtype=torch.long).unsqueeze(1)
 
 
 def _check_block(generated, channels: int, g: int) -> torch.Tensor:
@@ -102,9 +122,9 @@ class OutputParser:
     def __init__(self, tokenizer, layout, *, stop_ids: Sequence[int] = (), audio_open: bool | None = None):
         self.tok = tokenizer
         ids = tokenizer.ids
-        self.empty_ids, self.g = _layout(layout)
-        self.C = len(self.empty_ids)
-        self._limit = torch.tensor(self.empty_ids, dtype=torch.long).unsqueeze(1)
+        lay = Layout.of(layout)
+        self.empty_ids, self.g, self.C = lay.empty_ids, lay.group_size, lay.channels
+        self._limit = lay.empty_column()
         self.stop_ids = frozenset(int(s) for s in stop_ids)
         self.markers = frozenset((ids.empty, ids.eot, ids.eostm, ids.sostm))
         self.ids = ids
@@ -112,9 +132,10 @@ class OutputParser:
         self._kept: list[int] = []  # text ids (markers removed)
         self._pending: int | None = None  # a stop token not yet known to be last
         self._emitted = ""
+        self._settled_len = 0  # len(self._kept) when the text was last decoded
         # audio span state: "wait" (before sostm), "live", "ended"
         self._state = "live" if audio_open is True else "wait"
-        self._held: list[torch.Tensor] = []  # audio=None: patches before any sostm
+        self._held: list[tuple[torch.Tensor, int]] = []  # audio=None: (patch, group) before any sostm
         self._held_ended = False
         self._patches: list[torch.Tensor] = []  # every patch released so far
         self.groups = 0
@@ -143,8 +164,8 @@ class OutputParser:
             raise PromptError("finish() was already called on this OutputParser")
         self.finished = True
         new: list[torch.Tensor] = []
-        if self._state == "wait" and self.audio_open is None:
-            new = self._held
+        if self._state == "wait" and self.audio_open is None:  # no <|sostm|> came: the held audio is the reply's
+            new = [self._valid(audio, index) for audio, index in self._held]
             self._patches += new
             self._held = []
         codes = torch.cat(new, dim=1).T.contiguous() if new else None
@@ -174,8 +195,8 @@ class OutputParser:
             elif self.audio_open is None and not self._held_ended:
                 if token == ids.eostm:
                     self._held_ended = True
-                elif token == ids.empty:
-                    self._held.append(self._valid(audio, index))
+                elif token == ids.empty:  # checked when released: a later <|sostm|> discards it
+                    self._held.append((audio, index))
         elif self._state == "live":
             if token == ids.eostm:
                 self._state = "ended"
@@ -199,6 +220,9 @@ class OutputParser:
         return text.strip() if final else text.lstrip()
 
     def _text_delta(self, final: bool) -> str:
+        if not final and len(self._kept) == self._settled_len:  # no new text ids (e.g. an audio group)
+            return ""
+        self._settled_len = len(self._kept)
         if final:
             settled = self._decode(final=True)
         else:
@@ -217,34 +241,7 @@ def parse_output(generated: torch.Tensor, tokenizer, layout, *, stop_ids: Sequen
     ``tokenizer`` is a :class:`~mimo_audio.text.TextTokenizer`; ``layout`` a Layout, LMConfig or
     ``(empty_ids, group_size)``; ``stop_ids`` the task's stop ids (only a final stop group is dropped).
     """
-    empty_ids, g = _layout(layout)
-    C = len(empty_ids)
-    block = _check_block(generated, C, g)
-    ids = tokenizer.ids
-    tokens = block[0, ::g].tolist()
-    n = len(tokens)
-    stopped = n > 0 and tokens[-1] in set(int(s) for s in stop_ids)
-    markers = {ids.empty, ids.eot, ids.eostm, ids.sostm}
-    kept = [t for t in (tokens[:-1] if stopped else tokens) if t not in markers]
-    text = tokenizer.decode(kept, skip_special=False).strip()
-
-    sostm = tokens.index(ids.sostm) if ids.sostm in tokens else None
-    if audio_open is True:
-        start = 0
-    elif sostm is not None:
-        start = sostm + 1
-    else:
-        start = 0 if audio_open is None else n
-    end = tokens.index(ids.eostm, start) if ids.eostm in tokens[start:] else n
-    sel = [i for i in range(start, end) if tokens[i] == ids.empty]
-    patches = block[1:].reshape(C, n, g)[:, sel, :]  # (C, k, G)
-    codes = patches.permute(1, 2, 0).reshape(-1, C)  # (k·G, C)
-    limit = torch.tensor(empty_ids, dtype=torch.long)
-    bad = (codes < 0) | (codes >= limit)
-    if bad.any():
-        frame, ch = (int(x) for x in bad.nonzero()[0])
-        raise PromptError(
-            f"generated audio group {sel[frame // g]} holds code {int(codes[frame, ch])} on channel {ch}, "
-            f"outside [0, {empty_ids[ch]}); the generation is not a MiMo-Audio patch (check the empty ids/layout)"
-        )
-    return ParsedOutput(text, codes.contiguous(), stopped, n)
+    parser = OutputParser(tokenizer, layout, stop_ids=stop_ids, audio_open=audio_open)
+    parser.feed(generated)
+    parser.finish()
+    return parser.output

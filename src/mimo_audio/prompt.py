@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import PromptError
-from .output import OutputParser, ParsedDelta, ParsedOutput, parse_output, split_thinking
+from .output import Layout, OutputParser, ParsedDelta, ParsedOutput, parse_output, split_thinking
 from .text import SpecialIds, TextTokenizer
 
 __all__ = [
@@ -121,34 +121,8 @@ def multiple_choice(question: str, choices: Sequence[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Layout and pure segment functions
+# Pure segment functions (Layout, which the output parser shares, lives in output.py)
 # ---------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Layout:
-    """What the grid needs from the LM config: per-channel empty ids and the group size."""
-
-    empty_ids: tuple[int, ...]
-    group_size: int = 4
-
-    @property
-    def channels(self) -> int:
-        return len(self.empty_ids)
-
-    @classmethod
-    def of(cls, spec) -> Layout:
-        """From a Layout, an :class:`~mimo_audio.config.LMConfig`, or a tuple ``(empty_ids, group_size)``."""
-        if isinstance(spec, Layout):
-            return spec
-        if hasattr(spec, "empty_ids") and hasattr(spec, "group_size"):
-            return cls(tuple(int(x) for x in spec.empty_ids), int(spec.group_size))
-        if isinstance(spec, tuple) and len(spec) == 2:
-            return cls(tuple(int(x) for x in spec[0]), int(spec[1]))
-        raise TypeError("layout must be a Layout, an LMConfig or a tuple (empty_ids, group_size)")
-
-    def empty_column(self) -> torch.Tensor:
-        return torch.tensor(self.empty_ids, dtype=torch.long).unsqueeze(1)
-
-
 def text_grid(ids: Sequence[int], layout: Layout) -> torch.Tensor:
     """``T``: each token followed by G−1 fillers on row 0, empty ids below. ``[t0, t1]`` with G = 4 gives::
 
