@@ -37,3 +37,12 @@ def test_op_floor_benchmark_prints_its_tables():
     for row in ("every op at its isolated speed", "real loop, distinct layers", "whole audio group"):
         line = next(x for x in out.splitlines() if row in x)
         assert float(line.strip("|").split("|")[-1]) > 0
+
+
+def test_codec_benchmark_prints_its_table():
+    out = _run("codec.py", "--seconds", "2", "--skip-released", "--repeat", "1")
+    assert "| model | params |" in out
+    row = next(x for x in out.splitlines() if x.startswith("| fixture (tiny, random)"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 9 and cells[4] == "2 s"
+    assert float(cells[5].removesuffix(" s")) > 0 and float(cells[7].removesuffix(" s")) > 0

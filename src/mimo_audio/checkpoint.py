@@ -75,23 +75,55 @@ def safetensors_files(folder: Path) -> list[Path]:
     return files
 
 
-def read_tensors(files: Iterable[Path], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """All tensors of the given safetensors files (memory-mapped by safetensors)."""
+def read_tensors(files: Iterable[Path]) -> dict[str, torch.Tensor]:
+    """All tensors of the given safetensors files, on the CPU (memory-mapped by safetensors)."""
     from safetensors import SafetensorError, safe_open
 
     out: dict[str, torch.Tensor] = {}
     for f in files:
         try:
-            with safe_open(str(f), framework="pt", device=str(device)) as handle:
+            with safe_open(str(f), framework="pt", device="cpu") as handle:
                 for key in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
                     if key in out:
                         raise CheckpointError(f"weight {key!r} appears in more than one file ({f.name})")
                     out[key] = handle.get_tensor(key)
-        except SafetensorError as exc:
-            raise CheckpointError(f"cannot read {f}: {exc}") from None
-        except OSError as exc:
+        except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"cannot read {f}: {exc}") from None
     return out
+
+
+def check_weights(
+    tensors: dict[str, torch.Tensor],
+    shapes: dict[str, tuple[int, ...]],
+    *,
+    rename: Callable[[str], str | None] = lambda k: k,
+    optional: Callable[[str], bool] = lambda k: False,
+    source: str = "checkpoint",
+) -> dict[str, str]:
+    """Check checkpoint ``tensors`` against the model's ``shapes`` (name -> shape); return name -> checkpoint key.
+
+    ``rename`` maps a checkpoint key to the model's name (``None``: no such name). Every name must be filled exactly
+    once with its shape; a key that maps to no name is an error unless ``optional(key)``. Each error names the key.
+    """
+    filled: dict[str, str] = {}
+    for key, value in tensors.items():
+        name = rename(key)
+        if name is None or name not in shapes:
+            if optional(key):
+                continue
+            raise CheckpointError(f"unexpected weight {key!r} in {source}: this model has no such parameter "
+                                  "(is this the checkpoint that matches its config.json?)")
+        if name in filled:
+            raise CheckpointError(f"weights {filled[name]!r} and {key!r} in {source} both map to {name!r}")
+        if tuple(value.shape) != tuple(shapes[name]):
+            raise CheckpointError(f"weight {key!r} in {source} has shape {tuple(value.shape)}, expected "
+                                  f"{tuple(shapes[name])} (config.json and weights disagree)")
+        filled[name] = key
+    missing = [n for n in shapes if n not in filled]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise CheckpointError(f"{source} lacks {len(missing)} weight(s) the model needs: {shown}")
+    return filled
 
 
 def load_into(
@@ -107,31 +139,13 @@ def load_into(
 ) -> None:
     """Strictly load checkpoint ``tensors`` into ``module`` (which may live on the meta device).
 
-    ``rename`` maps a checkpoint key to the module's parameter/buffer name, or ``None`` to drop a key that
-    ``optional`` allows. Every module parameter and persistent buffer must be filled exactly once with the
-    right shape; an unknown key is an error unless ``optional(key)``.
+    ``rename`` and ``optional`` are those of :func:`check_weights`, which checks that every module parameter and
+    persistent buffer is filled exactly once with the right shape.
     """
     targets = dict(module.named_parameters())
     targets.update({n: b for n, b in module.named_buffers() if _is_persistent(module, n)})
-    filled: dict[str, str] = {}
-    for key, value in tensors.items():
-        name = rename(key)
-        if name is None or name not in targets:
-            if optional(key):
-                continue
-            raise CheckpointError(f"unexpected weight {key!r} in {source}: this model has no such parameter")
-        if name in filled:
-            raise CheckpointError(f"weights {filled[name]!r} and {key!r} in {source} both map to {name!r}")
-        want = tuple(targets[name].shape)
-        if tuple(value.shape) != want:
-            raise CheckpointError(
-                f"weight {key!r} in {source} has shape {tuple(value.shape)}, expected {want} (config and weights disagree)"
-            )
-        filled[name] = key
-    missing = [n for n in targets if n not in filled]
-    if missing:
-        shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise CheckpointError(f"{source} lacks {len(missing)} weight(s) the model needs: {shown}")
+    shapes = {n: tuple(t.shape) for n, t in targets.items()}
+    filled = check_weights(tensors, shapes, rename=rename, optional=optional, source=source)
     for name, key in filled.items():
         value = tensors[key]
         want_dtype = value.dtype if keep_dtype(name) or not value.is_floating_point() else (dtype or value.dtype)

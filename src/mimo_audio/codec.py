@@ -5,7 +5,8 @@
 >>> wav24 = codec.decode(codes)                       # FloatTensor (frames * 960,) # doctest: +SKIP
 
 Length arithmetic (released config, SPEC §11): ``N`` samples -> ``1 + N // 240`` mel frames ``F`` ->
-``ceil(F / 2)`` encoder frames -> ``ceil(ceil(F / 2) / 2)`` codes; decoding returns 960 samples per code.
+``ceil(F / 2)`` encoder frames -> ``ceil(ceil(F / 2) / 2)`` codes (``Encoder.code_length``); decoding returns
+960 samples per code (``samples_per_code``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from . import checkpoint
 from .audio import load_audio, log_mel
 from .codec_modules import Decoder, Encoder, ResidualVQ, Vocoder
 from .config import TokenizerConfig
-from .errors import AudioInputError
+from .errors import AudioInputError, is_int
 from .files import atomic_output
 
 SEGMENT_FRAMES = 6000  # mel frames per encoding segment (60 s; SPEC §1.3)
@@ -52,13 +53,31 @@ def released_to_ours(key: str) -> str | None:
     return None
 
 
-def mel_frames(num_samples: int, hop: int = 240) -> int:
-    return 1 + num_samples // hop
+def _pack(sizes: list[int], limit: int) -> list[list[int]]:
+    """Greedy in-order packing: indices grouped so each group's sizes sum to <= ``limit`` (or it holds one item)."""
+    groups, cur, total = [], [], 0
+    for i, n in enumerate(sizes):
+        if cur and total + n > limit:
+            groups.append(cur)
+            cur, total = [], 0
+        cur.append(i)
+        total += n
+    if cur:
+        groups.append(cur)
+    return groups
 
 
-def code_frames(num_mel_frames: int, stride: int = 2, pool: int = 2) -> int:
-    enc = (num_mel_frames - 1) // stride + 1
-    return -(-enc // pool)
+def _counter(total: int, progress: Callable[[int, int], None] | None) -> Callable[[], None]:
+    """A ``tick()`` that counts steps and reports ``progress(done, total)`` after each."""
+    done = 0
+
+    def tick():
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    return tick
 
 
 class AudioTokenizer(nn.Module):
@@ -158,32 +177,14 @@ class AudioTokenizer(nn.Module):
                 raise AudioInputError(f"mel must be (frames, {self.config.n_mels}), got {tuple(m.shape)}")
             pieces = list(torch.split(m, self.segment_frames, dim=0))
             # the reference groups segments greedily into batches of <= GROUP_FRAMES summed frames
-            group, total = [], 0
-            for p in pieces:
-                if group and total + p.shape[0] > GROUP_FRAMES:
-                    ref_max += [max(g.shape[0] for g in group)] * len(group)
-                    group, total = [], 0
-                group.append(p)
-                total += p.shape[0]
-            ref_max += [max(g.shape[0] for g in group)] * len(group)
+            for group in _pack([p.shape[0] for p in pieces], GROUP_FRAMES):
+                ref_max += [max(pieces[i].shape[0] for i in group)] * len(group)
             segs += pieces
             owner += [ci] * len(pieces)
         out_segments: list[torch.Tensor] = [None] * len(segs)  # type: ignore[list-item]
-        batches, cur, cur_frames = [], [], 0
-        for i, s in enumerate(segs):  # micro-batches bound memory; results do not depend on them
-            if cur and cur_frames + s.shape[0] > self.encode_batch_frames:
-                batches.append(cur)
-                cur, cur_frames = [], 0
-            cur.append(i)
-            cur_frames += s.shape[0]
-        batches.append(cur)
-        total, done = len(batches) * len(self.encoder.layers), [0]
-
-        def tick():
-            done[0] += 1
-            if progress is not None:
-                progress(done[0], total)
-
+        # micro-batches bound memory; results do not depend on them
+        batches = _pack([s.shape[0] for s in segs], self.encode_batch_frames)
+        tick = _counter(len(batches) * len(self.encoder.layers), progress)
         for b in batches:
             codes = self._encode_batch([segs[i] for i in b], [ref_max[i] for i in b], n_q, tick)
             for i, c in zip(b, codes):
@@ -205,7 +206,7 @@ class AudioTokenizer(nn.Module):
 
     def _check_nq(self, n) -> int:
         total = len(self.quantizer.sizes)
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= int(n) <= total:
+        if not is_int(n) or not 1 <= int(n) <= total:
             raise AudioInputError(f"num_quantizers must be an integer in 1..{total}, got {n!r}")
         return int(n)
 
@@ -248,26 +249,17 @@ class AudioTokenizer(nn.Module):
                num_quantizers: int | None = None, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Codes ``(frames, n_q)`` -> float32 waveform ``(frames * samples_per_code,)`` at 24 kHz.
 
-        The whole sequence is decoded at once by default. ``windowed=True`` (or ``window=N``) reproduces the
-        reference, which decodes independent windows of 1500 (N) frames and concatenates them. The first
-        ``num_quantizers`` columns are used (default: all columns).
+        The whole sequence is decoded at once by default. ``windowed=True`` (or ``window=N``, a positive integer)
+        reproduces the reference, which decodes independent windows of 1500 (N) frames and concatenates them. The
+        first ``num_quantizers`` columns are used (default: all columns).
         """
+        if window is not None and (not is_int(window) or window < 1):
+            raise AudioInputError(f"window must be a positive integer number of code frames, got {window!r}")
         codes = self._check_codes(codes, num_quantizers)
-        if windowed and window is None:
-            window = DECODE_WINDOW
         T = codes.shape[0]
-        step = T if not window else int(window)
-        if step < 1:
-            raise AudioInputError(f"window must be a positive number of frames, got {window!r}")
+        step = int(window) if window is not None else (DECODE_WINDOW if windowed else T)
         spans = [(s, min(T, s + step)) for s in range(0, T, step)]
-        per_span = len(self.decoder.layers) + len(self.vocoder.layers)
-        total, done = per_span * len(spans), [0]
-
-        def tick():
-            done[0] += 1
-            if progress is not None:
-                progress(done[0], total)
-
+        tick = _counter((len(self.decoder.layers) + len(self.vocoder.layers)) * len(spans), progress)
         with torch.inference_mode():
             pieces = [self.decode_hidden(self.quantizer.decode(codes[a:b]), progress=tick) for a, b in spans]
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
@@ -306,7 +298,7 @@ class StreamingDecoder:
     def __init__(self, codec: AudioTokenizer, left_context: int = 250, lookahead: int = 40, *,
                  num_quantizers: int | None = None):
         for name, v in (("left_context", left_context), ("lookahead", lookahead)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            if not is_int(v) or v < 0:
                 raise AudioInputError(f"{name} must be a non-negative integer, got {v!r}")
         if left_context < lookahead:
             raise AudioInputError(f"left_context ({left_context}) must be at least lookahead ({lookahead})")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CheckpointError
-from .layers import apply_rope, rope_cos_sin, rope_inv_freq, sdpa, window_mask
+from .layers import apply_rope, rope_cos_sin, rope_inv_freq, window_mask
 
 try:  # optional fast path on CUDA; never required
     from flash_attn import flash_attn_func as _flash_attn_func  # type: ignore
@@ -85,9 +85,9 @@ class AttnPlan:
                                    window_size=(self.left, self.right))
             return out.transpose(1, 2)
         if self.mode == "plain":
-            return sdpa(q, k, v, is_causal=self.causal)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         if self.mode == "mask":
-            return sdpa(q, k, v, mask=self.mask)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
         return self._blockwise(q, k, v)
 
     def _blockwise(self, q, k, v):
@@ -190,8 +190,13 @@ class Encoder(nn.Module):
         self.causal, self.window = c.encoder_causal, c.encoder_attn_window_size
         self.stride = c.stride_size
 
-    def conv_length(self, f: torch.Tensor) -> torch.Tensor:
+    def conv_length(self, f):
+        """Frames after ``conv2`` for ``f`` mel frames (an int or a tensor): ``ceil(f / stride)``."""
         return (f - 1) // self.stride + 1
+
+    def code_length(self, f):
+        """Code frames for ``f`` mel frames (an int or a tensor): ``ceil(conv_length(f) / avg_pooler)``."""
+        return (self.conv_length(f) + self.pool - 1) // self.pool
 
     def forward(self, mel: torch.Tensor, lengths: torch.Tensor, batch_max: torch.Tensor,
                 progress: Callable[[], None] | None = None):
@@ -219,7 +224,7 @@ class Encoder(nn.Module):
         x = torch.gather(x, 1, src[..., None].expand(-1, -1, x.shape[-1]))
         x = x * (tt[None, :] < ref_e[:, None])[..., None].to(x.dtype)  # ... up to the reference batch's length
         x = F.gelu(self.down_sample(x.transpose(1, 2))).transpose(1, 2)
-        return self.down_sample_norm(x), (E + p - 1) // p
+        return self.down_sample_norm(x), self.code_length(lengths)
 
 
 # --------------------------------------------------------------------------------------------- RVQ

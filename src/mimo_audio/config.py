@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +141,9 @@ class TokenizerConfig:
 
     @property
     def samples_per_code(self) -> int:
-        """Waveform samples per code frame: avg_pooler · stride · hop (960 for the released model)."""
-        return self.avg_pooler * self.stride_size * self.hop_length
+        """Waveform samples per decoded code frame: avg_pooler · decoder_stride_size · hop (960 for the released
+        model). The decoder's stride sets it: its transposed convolutions stretch each code to that many mel frames."""
+        return self.avg_pooler * self.decoder_stride_size * self.hop_length
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,6 @@ class LMConfig:
     input_local_layers: int = 6
     input_local_dim: int = 1024
     input_full_attention: bool = True
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         if self.num_key_value_heads is None:

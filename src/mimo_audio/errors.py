@@ -1,10 +1,17 @@
 """The project's exception types.
 
 Every error a user can cause is one of these, with a message that names the problem and the fix.
-They subclass ``ValueError`` (or ``OSError`` for files) so generic handlers keep working.
+Each also subclasses ``ValueError`` so generic handlers keep working.
 """
 
 from __future__ import annotations
+
+import numbers
+
+
+def is_int(value) -> bool:
+    """True for an ``int`` or a NumPy integer, False for ``bool`` and anything else (for argument checks)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class MimoAudioError(Exception):

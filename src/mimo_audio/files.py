@@ -16,7 +16,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
     An existing file at ``path`` stays untouched unless the write completes.
     """
     path = Path(os.fspath(path)).expanduser()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent if str(path.parent) else ".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
         yield tmp

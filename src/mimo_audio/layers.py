@@ -1,13 +1,12 @@
-"""Shared building blocks: RoPE, RMSNorm, the window/causal attention mask and the SDPA call.
+"""Shared building blocks: RoPE, RMSNorm and the window/causal attention mask.
 
-Pure modules and tensor functions; no IO. Both the audio tokenizer (``codec.py``) and the LM (``lm.py``)
-build their transformers from these.
+Pure modules and tensor functions; no IO. The audio tokenizer (``codec_modules.py``) uses RoPE and the window
+mask, the LM (``lm.py``) RoPE and RMSNorm.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -89,11 +88,3 @@ def window_mask(
         ok &= j <= i
     return ok
 
-
-def sdpa(q, k, v, mask: torch.Tensor | None = None, is_causal: bool = False, scale: float | None = None):
-    """``scaled_dot_product_attention`` on ``(B, H, T, D)`` tensors; GQA by repeating kv heads."""
-    if k.shape[1] != q.shape[1]:
-        rep = q.shape[1] // k.shape[1]
-        k = k.repeat_interleave(rep, dim=1)
-        v = v.repeat_interleave(rep, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)

@@ -29,7 +29,7 @@ from torch import nn
 from . import checkpoint
 from .config import LMConfig
 from .delay import apply_delay
-from .errors import CheckpointError, PromptError
+from .errors import PromptError
 from .layers import RMSNorm, apply_rope, rope_cos_sin, rope_inv_freq
 
 TEXT_WEIGHT = 100.0
@@ -405,19 +405,8 @@ def load_weights(model: MimoAudioLM, tensors: dict[str, torch.Tensor], *, device
     """Strictly copy released ``tensors`` into ``model`` (which may be on the meta device) via :func:`key_table`."""
     table = key_table(model.config)
     params = dict(model.named_parameters())
-    for key in tensors:
-        if key not in table:
-            raise CheckpointError(f"unexpected weight {key!r} in {source}: the MiMo-Audio LM has no such parameter "
-                                  "(is this an LM checkpoint matching its config.json?)")
-    missing = [k for k in table if k not in tensors]
-    if missing:
-        shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise CheckpointError(f"{source} lacks {len(missing)} weight(s) the model needs: {shown}")
-    for key, (name, sl) in table.items():
-        target = params[name] if sl is None else params[name][sl]
-        if tuple(tensors[key].shape) != tuple(target.shape):
-            raise CheckpointError(f"weight {key!r} in {source} has shape {tuple(tensors[key].shape)}, expected "
-                                  f"{tuple(target.shape)} (config.json and weights disagree)")
+    shapes = {key: tuple((params[name] if sl is None else params[name][sl]).shape) for key, (name, sl) in table.items()}
+    checkpoint.check_weights(tensors, shapes, source=source)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if any(p.is_meta for p in params.values()):
         model.to_empty(device=dev)
