@@ -66,7 +66,7 @@ def test_released_config_shapes():
 
 def _save(lm, folder, tensors=None):
     cfg = {k: (("-".join(map(str, v))) if isinstance(v, tuple) else v)
-           for k, v in dataclasses.asdict(lm.config).items() if k != "extra"}
+           for k, v in dataclasses.asdict(lm.config).items()}
     (folder / "config.json").write_text(json.dumps(cfg))
     save_file(tensors if tensors is not None else released_state_dict(lm), str(folder / "model.safetensors"))
 
