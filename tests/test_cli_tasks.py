@@ -36,15 +36,19 @@ def json_lines(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def force_speech_in(monkeypatch):
+def force_speech_in(monkeypatch, allow: tuple[str, ...] = ()):
     """Make every generated group an audio patch (ban every text id but <|empty|>), so that speech commands
-    write a file whatever the random fixture model prefers; the CLI's own behaviour is what is under test."""
+    write a file whatever the random fixture model prefers; the CLI's own behaviour is what is under test.
+
+    ``allow``: texts whose ids stay allowed too (``"<|sostm|>"`` for prompts where the model opens the speech
+    span itself, words for a reply that also carries text)."""
     original = MimoAudio.prepare
 
     def prepare(self, task, **kw):
         req = original(self, task, **kw)
         V = self.lm.config.vocab_size
-        banned = tuple(i for i in range(V) if i != self.ids.empty)
+        keep = {self.ids.empty, *(i for text in allow for i in self.text.encode(text))}
+        banned = tuple(i for i in range(V) if i not in keep)
         req.config = dataclasses.replace(req.config, banned_ids=banned)
         return req
 
@@ -82,13 +86,20 @@ def test_speak_writes_a_24k_file(capsys, models, tmp_path, force_speech):
 
 
 def test_speak_styles_and_stream(capsys, models, clips, tmp_path):
-    out = tmp_path / "styled.wav"
-    for extra in (["--instruct", "Speak slowly"], ["--natural"], ["--voice", clips[2]]):
-        rc, _, err = run(capsys, ["speak", "Hello there.", *models, "--max-new-tokens", "4", "-o", str(out), *extra])
-        assert rc in (0, 2) and "Traceback" not in err
-    rc, text, err = run(capsys, ["speak", "Hello.", *models, "--max-new-tokens", "8", "--stream", "--greedy",
-                                 "-o", str(out)])
-    assert "Traceback" not in err
+    with pytest.MonkeyPatch.context() as mp:
+        force_speech_in(mp, allow=("<|sostm|>",))  # styled and described speech open the span themselves
+        for name, extra in (("instruct", ["--instruct", "Speak slowly"]), ("natural", ["--natural"]),
+                            ("voice", ["--voice", clips[2]])):
+            out = tmp_path / f"{name}.wav"
+            speech_run(capsys, ["speak", "Hello there.", *models, "--max-new-tokens", "8", "-o", str(out), *extra], out)
+    with pytest.MonkeyPatch.context() as mp:
+        force_speech_in(mp, allow=(" Hello there",))  # speech with some words in it
+        out = tmp_path / "streamed.wav"
+        argv = ["speak", "Hello.", *models, "--max-new-tokens", "16", "-o", str(out)]
+        expected = speech_run(capsys, argv, out)["text"]
+        rc, text, err = run(capsys, [*argv, "--seed", "0", "--stream"])
+    assert rc == 0 and expected.strip() and text == expected + "\n", err
+    assert f"wrote {out}" in err and sf.info(str(out)).frames > 0
 
 
 def test_understand_chat_fewshot_continue(capsys, models, clips, tmp_path, manifest):
@@ -115,6 +126,42 @@ def test_understand_chat_fewshot_continue(capsys, models, clips, tmp_path, manif
             assert err.startswith("mimo-audio: error: the model produced no speech") and not path.exists()
 
 
+def test_chat_input_and_text(capsys, models, clips, tmp_path, monkeypatch):
+    seen = []
+    original = MimoAudio.prepare
+
+    def spy(self, task, **kw):
+        seen.append(kw["messages"])
+        return original(self, task, **kw)
+
+    monkeypatch.setattr(MimoAudio, "prepare", spy)
+    common = [*models, "--reply", "text", "--max-new-tokens", "4"]
+    rc, _, err = run(capsys, ["chat", clips[0], "--text", "What is this?", *common])
+    assert rc == 0 and seen == [[{"role": "user", "audio": clips[0], "text": "What is this?"}]], err
+    rc, _, err = run(capsys, ["chat", "hello", *common])
+    assert rc == 0 and seen[-1] == [{"role": "user", "text": "hello"}], err
+    seen.clear()
+    for argv, message in ((["chat", "hello", "--text", "world"], "'hello' is not an audio file"),
+                          (["chat", str(tmp_path / "missing.wav")], "missing.wav: no such audio file")):
+        rc, _, err = run(capsys, [*argv, *common])
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith("mimo-audio: error:") and message in err, err
+    assert seen == []  # refused before any generation
+
+
+def test_output_paths_are_checked_once_with_home_expanded(monkeypatch, tmp_path):
+    from mimo_audio.cli import check_output
+    from mimo_audio.errors import AudioInputError
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    check_output("~/out.wav")
+    check_output("~/codes.safetensors", (".safetensors",))
+    with pytest.raises(AudioInputError, match="the folder .*nope does not exist"):
+        check_output("~/nope/out.wav")
+    with pytest.raises(AudioInputError, match="unsupported output type '.mp3'; use .wav or .flac"):
+        check_output("~/out.mp3")
+
+
 def test_errors_are_one_line(capsys, models, clips, tmp_path):
     cases = [
         ["transcribe", str(tmp_path / "missing.wav"), *models],
@@ -138,12 +185,14 @@ def test_interactive_chat(capsys, models, clips, monkeypatch, tmp_path):
     assert "(conversation cleared)" in out and "unknown command /bogus" in out
     assert "/missing/file.wav: no such audio file" in out
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"{clips[1]}\nwhat next?\n"))  # ends with EOF
+    force_speech_in(monkeypatch, allow=(" Hello there",))  # every turn speaks (and says some words)
     rc, out, err = run(capsys, ["chat", *models, "--max-new-tokens", "10", "--seed", "1",
                                 "-o", str(tmp_path / "turn.wav")])
     assert rc == 0 and out.count("mimo> ") == 2
     written = [line[len("(speech: "):].split(",")[0] for line in out.splitlines() if line.startswith("(speech: ")]
-    assert sorted(os.path.basename(w) for w in written) == sorted(os.listdir(tmp_path))
-    assert all(os.path.basename(w) in ("turn-1.wav", "turn-2.wav") for w in written)
+    assert written == [str(tmp_path / "turn-1.wav"), str(tmp_path / "turn-2.wav")]
+    assert sorted(os.listdir(tmp_path)) == ["turn-1.wav", "turn-2.wav"]
+    assert all(sf.info(w).frames > 0 for w in written)
 
 
 def test_download_local_folder_and_offline(capsys, fixture_path, tmp_path):

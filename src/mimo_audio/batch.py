@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -111,16 +111,12 @@ class TaskRequest:
     """
 
     task: str
-    grid: torch.Tensor  # (9, 4 * prompt_groups) LongTensor, on the CPU
+    grid: torch.Tensor  # (1 + audio channels, group_size * prompt_groups) LongTensor, on the CPU
     config: Any  # generate.GenerationConfig
     audio_out: bool  # the reply carries speech
     span_open: bool  # the prompt ends inside an open <|sostm|> span (audio starts at the first new group)
+    prompt_groups: int  # LM positions of the prompt: grid columns // the model's group_size
     max_audio_frames: int | None = None  # trim the reply's audio to this many code frames (continuation)
-    info: dict = field(default_factory=dict)
-
-    @property
-    def prompt_groups(self) -> int:
-        return int(self.grid.shape[1]) // 4
 
 
 # ================================================================================================ streaming
@@ -251,6 +247,10 @@ class RequestStream:
                 step = gen.step()
             except StopIteration:
                 break
+            live = [i for i, g in enumerate(step) if g is not None and not self.rows[i].finished]
+            host = {}
+            if live:  # one device->host copy for the whole step, then split into rows
+                host = dict(zip(live, torch.stack([step[i] for i in live]).cpu().unbind(0)))
             for i, group in enumerate(step):
                 row = self.rows[i]
                 if row.finished:
@@ -258,7 +258,7 @@ class RequestStream:
                 if group is None:
                     yield i, self._finish(i)
                     continue
-                delta = row.parser.feed(group.detach().to("cpu"))
+                delta = row.parser.feed(host[i])
                 codes = row.take_codes(delta.codes)
                 audio = self._audio(row, codes)
                 if row.full:

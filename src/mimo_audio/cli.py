@@ -78,18 +78,21 @@ def _decode_codes(codec, codes, window: int | None, num_quantizers: int | None =
         close()
 
 
-def _check_output(path: str, suffixes: tuple[str, ...]) -> None:
-    p = Path(path)
-    if p.suffix.lower() not in suffixes:
-        raise AudioInputError(f"{path}: output must end in {' or '.join(suffixes)}")
-    if p.parent != Path("") and not p.parent.is_dir():
+def check_output(path: str, suffixes: tuple[str, ...] = (".wav", ".flac")) -> None:
+    """Refuse an output path before any model is loaded: a type not in ``suffixes`` or a missing folder
+    (``~`` is expanded, as the writers do)."""
+    p = Path(path).expanduser()
+    suffix = p.suffix.lower()
+    if suffix not in suffixes:
+        raise AudioInputError(f"{path}: unsupported output type {suffix or '(none)'!r}; use {' or '.join(suffixes)}")
+    if not p.parent.is_dir():
         raise AudioInputError(f"{path}: the folder {p.parent} does not exist")
 
 
 def cmd_codec_encode(args) -> int:
     from .codec import save_codes
 
-    _check_output(args.output, (".safetensors",))
+    check_output(args.output, (".safetensors",))
     codec = _load_codec(args)
     codes = _encode_file(codec, args.input, args.num_quantizers)
     save_codes(args.output, codes, sample_rate=codec.sample_rate, frame_rate=codec.sample_rate / codec.samples_per_code,
@@ -102,7 +105,7 @@ def cmd_codec_decode(args) -> int:
     from .audio import save_audio
     from .codec import load_codes
 
-    _check_output(args.output, (".wav", ".flac"))
+    check_output(args.output)
     codes, _meta = load_codes(args.input)
     codec = _load_codec(args)
     wav = _decode_codes(codec, codes, args.window, args.num_quantizers)
@@ -114,7 +117,7 @@ def cmd_codec_decode(args) -> int:
 def cmd_codec_roundtrip(args) -> int:
     from .audio import save_audio
 
-    _check_output(args.output, (".wav", ".flac"))
+    check_output(args.output)
     codec = _load_codec(args)
     codes = _encode_file(codec, args.input, args.num_quantizers)
     wav = _decode_codes(codec, codes, args.window)

@@ -17,7 +17,7 @@ from pathlib import Path
 from .checkpoint import BASE_ID as BASE
 from .checkpoint import INSTRUCT_ID as INSTRUCT
 from .checkpoint import TOKENIZER_ID as TOKENIZER
-from .cli import add_model_args
+from .cli import add_model_args, check_output
 
 
 # ============================================================================================ plumbing
@@ -59,17 +59,6 @@ def _numbered(path: str, i: int, n: int) -> str:
         return path
     p = Path(path)
     return str(p.with_name(f"{p.stem}-{i + 1}{p.suffix}"))
-
-
-def _check_output(path: str) -> None:
-    from .errors import AudioInputError
-
-    suffix = Path(path).suffix.lower()
-    if suffix not in (".wav", ".flac"):
-        raise AudioInputError(f"-o {path}: unsupported output type {suffix or '(none)'!r}; use .wav or .flac")
-    folder = Path(path).expanduser().parent
-    if not folder.is_dir():
-        raise AudioInputError(f"-o {path}: the folder {folder} does not exist")
 
 
 def _emit(args, replies, *, sources=None, output: str | None = None) -> None:
@@ -132,7 +121,7 @@ def cmd_transcribe(args) -> int:
 
 
 def cmd_speak(args) -> int:
-    _check_output(args.output)
+    check_output(args.output)
     texts = args.text
     if args.file:
         texts = [*texts, *(line.strip() for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip())]
@@ -152,7 +141,7 @@ def cmd_understand(args) -> int:
 
 
 def cmd_few_shot(args) -> int:
-    _check_output(args.output)
+    check_output(args.output)
     examples = []
     for item in args.example or []:
         inp, out, transcript = item
@@ -187,24 +176,29 @@ def _read_examples(path: str) -> list[dict]:
 
 
 def cmd_continue(args) -> int:
-    _check_output(args.output)
+    check_output(args.output)
     _run(args, "continue_speech", args.audio, seconds=args.seconds, output=args.output)
     return 0
 
 
 def cmd_chat(args) -> int:
     if args.reply == "speech":
-        _check_output(args.output)
+        check_output(args.output)
     if not args.input and args.text is None:
         return _interactive_chat(args)
-    messages = []
+    from .errors import AudioInputError, PromptError
+
+    message = {"role": "user"}
     if args.input:
-        messages.append(_user_message(args.input))
-    if args.text is not None:
-        messages.append({"role": "user", "text": args.text})
-    if len(messages) == 2:  # audio and text given together: one user turn with both
-        messages = [{**messages[0], "text": args.text}]
-    _run(args, "chat", messages, reply=args.reply, voice=args.voice, system_prompt=args.system,
+        message = _user_message(args.input)
+        if "text" in message and Path(args.input).suffix.lower() in AUDIO_SUFFIXES:
+            raise AudioInputError(f"{args.input}: no such audio file; check the path")
+        if "text" in message and args.text is not None:
+            raise PromptError(f"{args.input!r} is not an audio file, and --text gives the text of the turn too; "
+                              "pass the text once (as the argument or with --text), or an audio file with --text")
+    if args.text is not None:  # with an audio file: one user turn with both
+        message["text"] = args.text
+    _run(args, "chat", [message], reply=args.reply, voice=args.voice, system_prompt=args.system,
          thinking=args.thinking, output=args.output if args.reply == "speech" else None)
     return 0
 
@@ -337,8 +331,10 @@ def add_task_commands(subparsers) -> None:
 
     p = add("chat", "spoken or text dialogue; without input, an interactive session (Instruct model)", INSTRUCT,
             cmd_chat)
-    p.add_argument("input", nargs="?", help="audio file (or text) of the user turn; omit for an interactive session")
-    p.add_argument("--text", help="text of the user turn")
+    p.add_argument("input", nargs="?", help="audio file of the user turn (anything that is not a file is its text); "
+                                            "omit for an interactive session")
+    p.add_argument("--text", help="text of the user turn; with an audio file as input, one turn with both "
+                                  "(text given twice is an error)")
     p.add_argument("--reply", choices=("speech", "text"), default="speech", help="reply in speech or text (default: speech)")
     p.add_argument("--voice", help="audio file whose voice the assistant uses")
     p.add_argument("--system", help="system prompt")

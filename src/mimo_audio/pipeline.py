@@ -25,6 +25,7 @@ exactly as a stream would (bit-identical to the concatenated pieces).
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -36,7 +37,7 @@ import torch
 
 from .batch import SAMPLE_RATE, Piece, Reply, RequestStream, Speech, TaskRequest
 from .checkpoint import INSTRUCT_ID, TOKENIZER_ID
-from .errors import AudioInputError, MimoAudioError, PromptError
+from .errors import AudioInputError, MimoAudioError, PromptError, is_int
 
 __all__ = ["MimoAudio", "Piece", "Reply", "RequestStream", "Speech", "TaskRequest"]
 #: default generation limits in LM steps (a text token or 4 audio frames = 0.16 s); ``max_new_tokens=`` overrides
@@ -208,9 +209,9 @@ class MimoAudio:
             raise PromptError(f"bad sampling setting: {exc}") from None
         if max_new_tokens is None:
             max_new_tokens = spec.max_new_tokens or default_max_new
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        if not is_int(max_new_tokens) or max_new_tokens < 1:
             raise PromptError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        if seed is not None and not is_int(seed):
             raise PromptError(f"seed must be an integer or None, got {seed!r}")
         room = self.max_positions - prompt_groups
         if room < 1:
@@ -272,12 +273,14 @@ class MimoAudio:
         name = alias.get(task, task)
         if name not in builders:
             raise PromptError(f"unknown task {task!r}; use one of {', '.join(builders)}")
-        try:
-            prompt_task, grid, extra = builders[name](sample_rate=sample_rate, **kwargs)
-        except TypeError as exc:  # wrong keyword for the task
+        build = builders[name]
+        try:  # check the keywords before calling, so a TypeError raised inside is not mistaken for one
+            inspect.signature(build).bind(sample_rate=sample_rate, **kwargs)
+        except TypeError as exc:
             raise PromptError(f"{name}: {exc}") from None
+        prompt_task, grid, extra = build(sample_rate=sample_rate, **kwargs)
         spec = task_spec(prompt_task)
-        task_max_new = extra.pop("max_new", None)  # a task's own default limit (continuation: its seconds)
+        task_max_new = extra.get("max_new")  # a task's own default limit (continuation: its seconds)
         groups = int(grid.shape[1]) // int(self.lm.config.group_size)
         config = self._config(
             spec, seed=seed, max_new_tokens=max_new_tokens if max_new_tokens is not None else task_max_new,
@@ -287,7 +290,7 @@ class MimoAudio:
         )
         return TaskRequest(
             task=name, grid=grid, config=config, audio_out=spec.reply == "speech", span_open=bool(spec.audio_open),
-            max_audio_frames=extra.pop("max_audio_frames", None), info={"prompt_task": prompt_task, **extra},
+            prompt_groups=groups, max_audio_frames=extra.get("max_audio_frames"),
         )
 
     def _prep_transcribe(self, audio, *, language: str = "en", template: str | None = None, sample_rate=None):
@@ -389,9 +392,6 @@ class MimoAudio:
         return RequestStream(self, requests, decode="stream", emit=True)
 
     # ------------------------------------------------------------------------------------ task methods
-    def _batch(self, task: str, items: list, batched: bool, common: dict, per_item) -> list[TaskRequest]:
-        return [self.prepare(task, **per_item(x), **common) for x in items]
-
     def _one_or_list(self, requests: list[TaskRequest], batched: bool, *, kind=None):
         replies = self.run(requests)
         if kind is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CheckpointError
@@ -65,9 +65,6 @@ class SpecialIds:
     def by_token(self) -> dict[str, int]:
         """Token text -> id for every named special token (``eos``/``pad`` are aliases and not listed)."""
         return {text: getattr(self, name) for name, text in SPECIAL_TOKENS.items()}
-
-    def as_dict(self) -> dict[str, int | None]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def _token_name(value) -> str | None:
@@ -170,9 +167,6 @@ class TextTokenizer:
         """Text of ``ids``; ids that have no token (negative fillers, ids ≥ the tokenizer size) are skipped."""
         kept = [i for i in (int(x) for x in ids) if self.has_token(i)]
         return self._tok.decode(kept, skip_special_tokens=skip_special)
-
-    def token(self, idx: int) -> str | None:
-        return self._tok.id_to_token(int(idx))
 
     def __repr__(self) -> str:
         return f"TextTokenizer(source={self.source!r}, size={self.size})"
