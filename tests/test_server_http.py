@@ -78,6 +78,17 @@ def test_health_models_ready_metrics(client):
     assert 'mimo_audio_http_requests_total{route="/health",method="GET",status="200"}' in metrics.text
 
 
+def test_metrics_route_label_is_the_route_template(client):
+    client.get("/v1/models/a-b-c")
+    client.get("/favicon.ico")
+    client.get("/no/such/path/12345")
+    text = client.get("/metrics").text
+    assert 'route="/v1/models/{model_id:path}",method="GET",status="404"' in text
+    assert 'route="/favicon.ico",method="GET",status="204"' in text
+    assert 'route="other",method="GET",status="404"' in text
+    assert "a-b-c" not in text and "12345" not in text  # raw paths never become label values
+
+
 def test_each_request_is_logged(client, caplog):
     caplog.set_level(logging.INFO, logger="mimo_audio.server")
     client.get("/v1/models/no-such-model")
@@ -110,7 +121,12 @@ def test_page_is_served(client):
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "/static/app.js" in page.text
     assert client.get("/static/app.js").status_code == 200
-    assert_openai_error(client.get("/static/../pyproject.toml"), 404)
+    # Encoded, so httpx sends the traversal as written (it would normalise a plain "/static/../x" away).
+    for path in ("/static/..%2fpyproject.toml", "/static/%2e%2e/pyproject.toml"):
+        resp = client.get(path)
+        assert resp.request.url.raw_path == path.encode()
+        assert_openai_error(resp, 404)
+        assert "[project]" not in resp.text
 
 
 def test_errors_have_openai_shape(client):
@@ -325,6 +341,42 @@ def test_chat_text_and_audio(client, fake):
         {"role": "tool", "content": "x"}]}), 400)
 
 
+def test_chat_audio_part_errors_name_their_field(client):
+    for kind, spec, field in (("input_audio", {"data": "!!!", "format": "wav"}, "input_audio.data"),
+                              ("audio_url", {"url": "data:audio/wav;base64,!!!"}, "audio_url.url")):
+        resp = client.post("/v1/chat/completions", json={"model": MODEL, "messages": [
+            {"role": "user", "content": [{"type": kind, kind: spec}]}]})
+        assert_openai_error(resp, 400, f"messages[0].content[0].{field}")
+
+
+def test_chat_audio_format_default(client):
+    """audio={"voice": ...} without a format: pcm16 when streaming, wav otherwise."""
+    body = {"model": MODEL, "max_new_tokens": 2, "modalities": ["text", "audio"], "audio": {"voice": "x"},
+            "messages": [{"role": "user", "content": "hi"}]}
+    chunks = sse_events(client.post("/v1/chat/completions", json={**body, "stream": True}).text)[:-1]
+    streamed = b"".join(base64.b64decode(c["choices"][0]["delta"]["audio"]["data"]) for c in chunks
+                        if c["choices"] and "data" in c["choices"][0]["delta"].get("audio", {}))
+    assert len(streamed) == 2 * 960 * 2 and not streamed.startswith(b"RIFF")  # raw pcm16, no wav header
+    whole = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["audio"]["data"]
+    assert base64.b64decode(whole)[:4] == b"RIFF"
+
+
+def test_total_audio_limit_counts_every_clip():
+    with LiveServer(create_app(FakeBackend(), ServerSettings(max_audio_seconds=2.0))) as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as c:
+        def chat(n_parts, ref_audio=None):
+            body = {"model": MODEL, "max_new_tokens": 1, "modalities": ["text", "audio"],
+                    "messages": [{"role": "user", "content": [audio_part(1.5)]} for _ in range(n_parts)]}
+            if ref_audio:
+                body["ref_audio"] = ref_audio
+            return c.post("/v1/chat/completions", json=body)
+
+        ref = base64.b64encode(wav_bytes(1.5)).decode()
+        assert chat(1).status_code == 200
+        assert assert_openai_error(chat(2), 413)["code"] == "audio_too_long"  # 3 s in two parts of 1.5 s
+        assert assert_openai_error(chat(1, ref), 413)["code"] == "audio_too_long"  # the voice counts too
+
+
 def test_chat_stream(client):
     out_before = _metric(client.get("/metrics").text, "mimo_audio_audio_output_seconds_total")
     r = client.post("/v1/chat/completions", json={
@@ -481,6 +533,45 @@ def test_client_disconnect_cancels_its_row():
         assert fake.cancelled == [0]
         text = httpx.get(srv.url + "/metrics").text
         assert _metric(text, 'mimo_audio_requests_cancelled_total{reason="client"}') == 1
+
+
+def _wait_for_cancels(fake, n: int) -> None:
+    deadline = time.monotonic() + 5
+    while len(fake.cancelled) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_client_disconnect_cancels_every_transcription_row():
+    fake = FakeBackend(step_s=0.2)
+    with LiveServer(create_app(fake, ServerSettings(transcription_chunk_seconds=1.0))) as srv:
+        with httpx.Client(base_url=srv.url, timeout=30) as c, c.stream(
+                "POST", "/v1/audio/transcriptions", data={"model": MODEL, "stream": "true"},
+                files={"file": ("a.wav", wav_bytes(3.0), "audio/wav")}) as r:
+            next(line for line in r.iter_lines() if line.startswith("data:"))  # the first delta arrived
+        rows = fake.batches[0]
+        _wait_for_cancels(fake, rows)
+        assert rows > 1 and sorted(fake.cancelled) == list(range(rows))
+        text = httpx.get(srv.url + "/metrics").text
+        assert _metric(text, 'mimo_audio_requests_cancelled_total{reason="client"}') == rows
+
+
+@pytest.mark.parametrize("path, kwargs", [
+    ("/v1/audio/speech", {"json": {"model": MODEL, "input": "x", "max_new_tokens": 8}}),
+    ("/v1/audio/transcriptions", {"data": {"model": MODEL}, "files": {"file": ("a.wav", wav_bytes(3.0))}}),
+])
+def test_client_disconnect_cancels_a_non_streaming_request(path, kwargs, caplog):
+    # Pieces arrive every 0.2 s (more often than the 0.5 s disconnect check) for 1.6 s; the client gives up first.
+    caplog.set_level(logging.INFO, logger="mimo_audio.server")
+    fake = FakeBackend(step_s=0.2)
+    with LiveServer(create_app(fake, ServerSettings(transcription_chunk_seconds=1.0))) as srv:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(srv.url + path, timeout=httpx.Timeout(30, read=0.3), **kwargs)
+        rows = fake.batches[0]
+        _wait_for_cancels(fake, rows)
+        assert sorted(fake.cancelled) == list(range(rows))
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(f'"POST {path}" 499' in m for m in logged), logged  # an ended request, not a server error
+    assert not any("internal error" in m for m in logged)
 
 
 def test_ready_after_warmup():

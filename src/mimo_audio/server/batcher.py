@@ -57,9 +57,7 @@ class Job:
         self.cancelled = False
         self.cancel_reason = ""
         self.finished = False
-        self.t_start: float | None = None
         self.t_first: float | None = None
-        self.batch_size = 0
 
     def cancel(self, reason: str = "client") -> None:
         if not self.cancelled and not self.finished:
@@ -174,7 +172,6 @@ class Batcher:
         m = self.metrics
         start = time.monotonic()
         for job in jobs:
-            job.t_start, job.batch_size = start, len(jobs)
             m.queue_wait.observe(start - job.t_admit)
         m.batch_size.observe(len(jobs))
         m.batches.inc()

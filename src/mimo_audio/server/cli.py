@@ -12,17 +12,19 @@ import sys
 
 from ..checkpoint import INSTRUCT_ID
 from ..cli import add_model_args
+from .settings import MiB, ServerSettings
 
 
 def add_serve_command(subparsers) -> argparse.ArgumentParser:
+    d = ServerSettings()  # the flags' defaults are the settings' own
     p = subparsers.add_parser(
         "serve", help="run the OpenAI-compatible HTTP server and web page",
         description="Serve MiMo-Audio over HTTP: /v1/audio/speech, /v1/audio/transcriptions, /v1/chat/completions, "
                     "/v1/models, /health, /ready, /metrics and a web page at /. See docs/server.md.")
     add_model_args(p, INSTRUCT_ID)
     g = p.add_argument_group("serving")
-    g.add_argument("--served-model-name", default="mimo-audio",
-                   help="the model id clients send and GET /v1/models lists (default: mimo-audio)")
+    g.add_argument("--served-model-name", default=d.model_name,
+                   help="the model id clients send and GET /v1/models lists (default: %(default)s)")
     g = p.add_argument_group("network")
     g.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, loopback only)")
     g.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
@@ -33,29 +35,33 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
                    help="allow browser calls from this origin (repeatable); CORS is off by default")
     g.add_argument("--no-page", action="store_true", help="do not serve the web page at /")
     g.add_argument("--no-warmup", action="store_true",
-                   help="skip the warm-up generation at start-up (/ready is 503 until it is done)")
+                   help="skip the warm-up generation at start-up: /ready answers as soon as the model is loaded, "
+                        "and the first request pays the one-time warm-up cost instead")
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     g = p.add_argument_group("batching and limits")
-    g.add_argument("--max-batch", type=int, default=8, help="most requests per engine batch (default: 8)")
-    g.add_argument("--batch-window-ms", type=float, default=20.0,
-                   help="how long the batcher waits for more requests before starting a batch (default: 20)")
-    g.add_argument("--queue-size", type=int, default=32,
-                   help="requests allowed to wait; beyond it 429 with Retry-After (default: 32)")
-    g.add_argument("--timeout", type=float, default=300.0, help="per-request deadline in seconds (default: 300)")
-    g.add_argument("--max-upload-mb", type=float, default=25.0, help="request body limit in MB (default: 25)")
-    g.add_argument("--max-audio-seconds", type=float, default=600.0,
-                   help="decoded audio per request, in seconds (default: 600)")
-    g.add_argument("--max-text-chars", type=int, default=4096, help="characters per text input (default: 4096)")
-    g.add_argument("--max-new-tokens", type=int, default=2048,
+    g.add_argument("--max-batch", type=int, default=d.max_batch,
+                   help="most requests per engine batch (default: %(default)s)")
+    g.add_argument("--batch-window-ms", type=float, default=d.batch_window_s * 1000,
+                   help="how long the batcher waits for more requests before starting a batch (default: "
+                        "%(default)g)")
+    g.add_argument("--queue-size", type=int, default=d.queue_size,
+                   help="requests allowed to wait; beyond it 429 with Retry-After (default: %(default)s)")
+    g.add_argument("--timeout", type=float, default=d.timeout_s,
+                   help="per-request deadline in seconds (default: %(default)g)")
+    g.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / MiB,
+                   help="request body limit in MB (default: %(default)g)")
+    g.add_argument("--max-audio-seconds", type=float, default=d.max_audio_seconds,
+                   help="decoded audio per request, in seconds (default: %(default)g)")
+    g.add_argument("--max-text-chars", type=int, default=d.max_text_chars,
+                   help="characters per text input (default: %(default)s)")
+    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
                    help="cap (and default) on generated groups per request; 1 group = 0.16 s of speech "
-                        "(default: 2048)")
+                        "(default: %(default)s)")
     p.set_defaults(func=run_serve)
     return p
 
 
-def settings_from_args(args):
-    from .settings import ServerSettings
-
+def settings_from_args(args) -> ServerSettings:
     return ServerSettings(
         model_name=args.served_model_name,
         api_key=args.api_key or os.environ.get("MIMO_AUDIO_API_KEY") or None,
@@ -64,7 +70,7 @@ def settings_from_args(args):
         batch_window_s=args.batch_window_ms / 1000.0,
         queue_size=args.queue_size,
         timeout_s=args.timeout,
-        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_upload_bytes=int(args.max_upload_mb * MiB),
         max_audio_seconds=args.max_audio_seconds,
         max_text_chars=args.max_text_chars,
         max_new_tokens=args.max_new_tokens,

@@ -65,6 +65,10 @@ class APIError(StarletteHTTPException):
                               headers=self.headers)
 
 
+class ClientGone(Exception):
+    """The client disconnected while its request was waiting or running."""
+
+
 def stream_error(exc: Exception) -> dict:
     """The ``error`` object for an SSE error event, once a streamed response has started (same fields and types
     as an error response)."""
@@ -86,6 +90,11 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
         return exc.response()
+
+    @app.exception_handler(ClientGone)
+    async def _client_gone(request: Request, exc: ClientGone):
+        # Nobody reads this reply; 499 ("client closed request") marks the request in the log and the metrics.
+        return error_response(499, "The client disconnected", code="client_gone")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):

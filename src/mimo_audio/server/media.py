@@ -116,10 +116,14 @@ def check_output_format(fmt: str | None, param: str = "response_format", *, stre
     return "pcm" if fmt == "pcm16" else fmt
 
 
-def to_int16(wav) -> bytes:
+def _clean(wav) -> np.ndarray:
+    """A float waveform as 1-D float32 in [-1, 1], non-finite samples set to 0."""
     arr = np.asarray(wav, dtype=np.float32).reshape(-1)
-    arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
-    return (np.clip(arr, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+    return np.clip(np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0), -1.0, 1.0)
+
+
+def to_int16(wav) -> bytes:
+    return (_clean(wav) * 32767.0).round().astype("<i2").tobytes()
 
 
 def encode_audio(wav, sample_rate: int, fmt: str) -> bytes:
@@ -128,7 +132,7 @@ def encode_audio(wav, sample_rate: int, fmt: str) -> bytes:
         return to_int16(wav)
     import soundfile as sf
 
-    arr = np.clip(np.nan_to_num(np.asarray(wav, dtype=np.float32).reshape(-1)), -1.0, 1.0)
+    arr = _clean(wav)
     buf = io.BytesIO()
     sf.write(buf, arr, sample_rate, format=fmt.upper(), subtype="PCM_16")
     return buf.getvalue()

@@ -57,9 +57,6 @@ class Counter(_Metric):
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
 
-    def value(self, **labels) -> float:
-        return self._values.get(self._key(labels), 0.0)
-
     def render(self) -> list[str]:
         with self._lock:
             items = sorted(self._values.items())
@@ -75,9 +72,6 @@ class Gauge(Counter):
         key = self._key(labels)
         with self._lock:
             self._values[key] = float(value)
-
-    def dec(self, amount: float = 1.0, **labels) -> None:
-        self.inc(-amount, **labels)
 
 
 class Histogram(_Metric):
@@ -96,10 +90,6 @@ class Histogram(_Metric):
                 if value <= bound:
                     entry[0][i] += 1
             entry[1] += value
-
-    def count(self, **labels) -> int:
-        entry = self._data.get(self._key(labels))
-        return entry[0][-1] if entry else 0
 
     def render(self) -> list[str]:
         with self._lock:

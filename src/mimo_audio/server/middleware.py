@@ -11,6 +11,8 @@ import hmac
 import logging
 import time
 
+from starlette.datastructures import Headers
+
 from .errors import APIError, error_response
 from .metrics import Registry
 
@@ -20,18 +22,14 @@ log = logging.getLogger("mimo_audio.server")
 # files with no data and no model access; the page asks for the key and sends it with every API call).
 PUBLIC_PATHS = {"/health", "/", "/favicon.ico"}
 PUBLIC_PREFIXES = ("/static/",)
-KNOWN_ROUTES = ("/v1/audio/speech", "/v1/audio/transcriptions", "/v1/chat/completions", "/v1/models",
-                "/health", "/ready", "/metrics", "/", "/openapi.json", "/docs")
 
 
-def route_label(path: str) -> str:
-    if path in KNOWN_ROUTES:
-        return path
-    if path.startswith("/v1/models/"):
-        return "/v1/models/{id}"
-    if path.startswith("/static/"):
-        return "/static"
-    return "other"
+def route_label(scope) -> str:
+    """The metrics label of a finished request: the path template of the route that handled it, as the router
+    left it in the scope (e.g. "/v1/models/{model_id:path}"), else "other" (unknown paths, requests refused before
+    routing). Only the app's own route templates can appear, so the label set stays bounded."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else "other"
 
 
 class BodyTooLarge(APIError):
@@ -59,14 +57,14 @@ class BodyLimitMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    return await error_response(400, "Invalid Content-Length header")(scope, receive, send)
-                if length > self.max_bytes:
-                    return await BodyTooLarge(self.max_bytes).response()(scope, receive, send)
+        value = Headers(scope=scope).get("content-length")
+        if value is not None:
+            try:
+                length = int(value)
+            except ValueError:
+                return await error_response(400, "Invalid Content-Length header")(scope, receive, send)
+            if length > self.max_bytes:
+                return await BodyTooLarge(self.max_bytes).response()(scope, receive, send)
         seen = 0
 
         async def limited_receive():
@@ -99,13 +97,8 @@ class AuthMiddleware:
         path = scope.get("path", "")
         if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or scope.get("method") == "OPTIONS":
             return await self.app(scope, receive, send)
-        given = b""
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    given = token.strip()
-                break
+        scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
+        given = token.strip().encode("latin-1") if scheme.lower() == "bearer" else b""
         if not hmac.compare_digest(given, self.key):
             response = error_response(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
                                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
@@ -130,7 +123,7 @@ class AccessLogMiddleware:
             status = watched.status or 500
             dt = time.perf_counter() - t0
             path = scope.get("path", "")
-            label = route_label(path)
+            label = route_label(scope)
             self.metrics.requests.inc(route=label, method=scope.get("method", ""), status=str(status))
             self.metrics.latency.observe(dt, route=label)
             client = scope.get("client") or ("-", 0)

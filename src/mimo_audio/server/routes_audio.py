@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from .errors import APIError, bad_request, stream_error
+from .errors import APIError, ClientGone, bad_request, stream_error
 from .media import (
     OUTPUT_FORMATS,
     PCMStream,
@@ -22,7 +22,7 @@ from .media import (
     to_vtt,
 )
 from .schemas import SpeechRequest
-from .service import ClientGone, Service, tensor_to_numpy
+from .service import Service, tensor_to_numpy
 from .sse import PING, SSE_HEADERS, event
 
 log = logging.getLogger("mimo_audio.server")
@@ -130,6 +130,11 @@ def _cjk(ch: str) -> bool:
     return "\u3000" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" or "\uff00" <= ch <= "\uffef"
 
 
+def _cancel_all(jobs, reason: str) -> None:
+    for job in jobs:
+        job.cancel(reason)
+
+
 @router.post("/v1/audio/transcriptions", summary="Speech to text (OpenAI-compatible)")
 async def create_transcription(
     request: Request,
@@ -190,12 +195,12 @@ async def create_transcription(
                 yield event({"type": "transcript.text.done", "text": full.strip(),
                              "usage": {"type": "duration", "seconds": round(audio.seconds, 3)}})
             except ClientGone:
-                for job in jobs:
-                    job.cancel("client")
+                return
             except APIError as exc:  # JobTimeout included
-                for job in jobs:
-                    job.cancel("error")
+                _cancel_all(jobs, "error")
                 yield event({"type": "error", "error": stream_error(exc)})
+            finally:  # a client that went away (ClientGone, or CancelledError under uvicorn) stops every row
+                _cancel_all(jobs, "client")
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
@@ -204,10 +209,8 @@ async def create_transcription(
         for job in jobs:
             reply = await svc.result(job, request)
             texts.append((reply.text or "").strip())
-    except BaseException:
-        for job in jobs:
-            job.cancel("client")
-        raise
+    finally:
+        _cancel_all(jobs, "client")  # finished rows are left alone
     full = ""
     for t in texts:
         full = _join(full, t)

@@ -10,10 +10,10 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from .errors import APIError, bad_request, stream_error
+from .errors import APIError, ClientGone, bad_request, stream_error
 from .media import PCMStream, check_output_format, encode_audio
 from .schemas import ChatRequest
-from .service import ClientGone, Service, tensor_to_numpy
+from .service import Service, tensor_to_numpy
 from .sse import DONE, PING, SSE_HEADERS, event
 
 log = logging.getLogger("mimo_audio.server")
@@ -23,7 +23,10 @@ AUDIO_PART_TYPES = ("input_audio", "audio_url")
 
 
 async def _convert_messages(svc: Service, body: ChatRequest) -> tuple[list[dict], list]:
-    """OpenAI messages -> the pipeline's ``{"role", "text", "audio"}`` dicts (audio decoded, limits checked)."""
+    """OpenAI messages -> the pipeline's ``{"role", "text", "audio"}`` dicts, and the audio decoded from them.
+
+    Each part's audio and the text are checked against the limits here; the request's total audio is checked by
+    the caller (it may add a reference voice)."""
     s = svc.settings
     if len(body.messages) > s.max_messages:
         raise bad_request(f"'messages' has {len(body.messages)} entries; the limit is {s.max_messages}", "messages")
@@ -60,18 +63,16 @@ async def _convert_messages(svc: Service, body: ChatRequest) -> tuple[list[dict]
                                           "its own user message", param)
                     if len(decoded) >= s.max_audio_parts:
                         raise bad_request(f"At most {s.max_audio_parts} audio parts per request", param)
-                    if kind == "input_audio":
-                        spec = part.get("input_audio")
-                        data = spec.get("data") if isinstance(spec, dict) else None
-                    else:
-                        spec = part.get("audio_url")
-                        data = spec.get("url") if isinstance(spec, dict) else None
-                        if isinstance(data, str) and not data.startswith("data:"):
-                            raise bad_request(f"{param}: only data: URLs are accepted in audio_url (this server "
-                                              "never fetches URLs or opens paths)", param, code="url_not_allowed")
+                    key = "data" if kind == "input_audio" else "url"
+                    field = f"{kind}.{key}"  # input_audio.data or audio_url.url
+                    spec = part.get(kind)
+                    data = spec.get(key) if isinstance(spec, dict) else None
+                    if kind == "audio_url" and isinstance(data, str) and not data.startswith("data:"):
+                        raise bad_request(f"{param}: only data: URLs are accepted in audio_url (this server "
+                                          "never fetches URLs or opens paths)", param, code="url_not_allowed")
                     if not isinstance(data, str):
-                        raise bad_request(f"{param}: missing audio data (input_audio.data as base64)", param)
-                    audio = await svc.decode_b64(data, f"{param}.input_audio.data")
+                        raise bad_request(f"{param}: missing audio data ({field})", param)
+                    audio = await svc.decode_b64(data, f"{param}.{field}")
                     decoded.append(audio)
                 else:
                     raise bad_request(f"{param}: content part type '{str(kind)[:40]}' is not supported; use text, "
@@ -99,7 +100,6 @@ async def _convert_messages(svc: Service, body: ChatRequest) -> tuple[list[dict]
     if total_chars > s.max_chat_text_chars:
         raise bad_request(f"The conversation holds {total_chars} characters of text; the limit is "
                           f"{s.max_chat_text_chars}", "messages", code="string_above_max_length")
-    svc.check_total_audio(decoded)
     return out, decoded
 
 
@@ -116,21 +116,24 @@ async def create_chat_completion(body: ChatRequest, request: Request):
     want_audio = "audio" in modalities
     stream = bool(body.stream)
     fmt = "wav"
-    if want_audio:
-        fmt = check_output_format((body.audio.format if body.audio else None) or ("pcm16" if stream else "wav"),
-                                  "audio.format", stream=stream)
+    if want_audio:  # the default format: pcm16 when streaming, else wav
+        asked_fmt = body.audio.format if body.audio else None
+        fmt = check_output_format(asked_fmt or ("pcm16" if stream else "wav"), "audio.format", stream=stream)
     asked = body.max_new_tokens or body.max_completion_tokens or body.max_tokens
     param = "max_new_tokens" if body.max_new_tokens else "max_completion_tokens" if body.max_completion_tokens \
         else "max_tokens"
     sampling = svc.sampling(body, asked, param)
-    messages, _ = await _convert_messages(svc, body)
+    if body.ref_audio and not want_audio:
+        raise bad_request("'ref_audio' (a voice) needs modalities [\"text\", \"audio\"]", "ref_audio")
+    messages, decoded = await _convert_messages(svc, body)
     kwargs = {"messages": messages, "reply": "speech" if want_audio else "text", **sampling}
     if body.thinking:
         kwargs["thinking"] = True
     if body.ref_audio:
-        if not want_audio:
-            raise bad_request("'ref_audio' (a voice) needs modalities [\"text\", \"audio\"]", "ref_audio")
-        kwargs["voice"] = (await svc.decode_b64(body.ref_audio, "ref_audio")).as_pair()
+        voice = await svc.decode_b64(body.ref_audio, "ref_audio")
+        decoded.append(voice)
+        kwargs["voice"] = voice.as_pair()
+    svc.check_total_audio(decoded)
     [job] = await svc.start_jobs("chat", [kwargs])
     completion_id = "chatcmpl-" + secrets.token_hex(12)
     created = int(time.time())

@@ -40,7 +40,7 @@ class SpeechRequest(Sampling):
 
 class AudioOutput(_Body):
     voice: str | dict[str, Any] | None = None
-    format: str | None = "wav"
+    format: str | None = Field(None, description="wav, flac or pcm16; default pcm16 when streaming, else wav")
 
 
 class StreamOptions(_Body):

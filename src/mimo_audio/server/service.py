@@ -9,6 +9,7 @@ import asyncio
 import collections
 import functools
 import logging
+import math
 import secrets
 import threading
 import time
@@ -21,16 +22,12 @@ import numpy as np
 
 from ..errors import MimoAudioError
 from .batcher import Batcher, Job, JobTimeout
-from .errors import APIError, bad_request
+from .errors import APIError, ClientGone, bad_request
 from .media import AudioLimits, DecodedAudio, decode_audio, decode_base64_audio
 from .metrics import Registry
 from .settings import ServerSettings
 
 log = logging.getLogger("mimo_audio.server")
-
-
-class ClientGone(Exception):
-    """The client disconnected while its request was waiting or running."""
 
 
 def tensor_to_numpy(audio) -> np.ndarray | None:
@@ -39,6 +36,11 @@ def tensor_to_numpy(audio) -> np.ndarray | None:
     if hasattr(audio, "detach"):
         audio = audio.detach().to("cpu").float().numpy()
     return np.asarray(audio, dtype=np.float32).reshape(-1)
+
+
+def sample_count(audio) -> int:
+    """How many samples ``audio`` (a tensor or array, any shape) holds, without converting it."""
+    return math.prod(audio.shape)
 
 
 @dataclass
@@ -126,8 +128,8 @@ class Service:
                            f"'{self.settings.model_name}' (see GET /v1/models)", param="model",
                            code="model_not_found")
 
-    def check_text(self, value: str | None, param: str, *, required: bool = False, limit: int | None = None) -> None:
-        limit = limit or self.settings.max_text_chars
+    def check_text(self, value: str | None, param: str, *, required: bool = False) -> None:
+        limit = self.settings.max_text_chars
         if value is None or not value.strip():
             if required:
                 raise bad_request(f"'{param}' must be a non-empty string", param)
@@ -202,35 +204,38 @@ class Service:
     async def pieces(self, job: Job, request=None, *, ping: float | None = None) -> AsyncIterator[Any]:
         """Yield the job's pieces; ``None`` every ``ping`` seconds of silence (for SSE keep-alives).
 
-        Watches the client: if it disconnects, the job's row is cancelled and ClientGone is raised. Past the
-        deadline the row is cancelled and JobTimeout raised.
+        Watches the client every ``poll`` seconds, whether pieces arrive or not: if it disconnected, the job's row
+        is cancelled and ClientGone is raised. Past the deadline the row is cancelled and JobTimeout raised.
         """
         poll = 0.5
-        last = time.monotonic()
+        last_ping = last_check = time.monotonic()
         try:
             while True:
-                remaining = job.deadline + 1.0 - time.monotonic()
+                now = time.monotonic()
+                remaining = job.deadline + 1.0 - now
                 if remaining <= 0:
                     job.cancel("timeout")
                     raise JobTimeout(job.timeout_s)
+                if request is not None and now - last_check >= poll:
+                    last_check = now
+                    if await request.is_disconnected():
+                        job.cancel("client")
+                        raise ClientGone()
                 try:
                     piece = await job.next(min(poll, remaining))
                 except asyncio.TimeoutError:
-                    if request is not None and await request.is_disconnected():
-                        job.cancel("client")
-                        raise ClientGone() from None
-                    if ping and time.monotonic() - last >= ping:
-                        last = time.monotonic()
+                    if ping and time.monotonic() - last_ping >= ping:
+                        last_ping = time.monotonic()
                         yield None
                     continue
                 if piece is None:
                     if job.cancelled:
                         raise ClientGone()
                     return
-                last = time.monotonic()
-                audio = tensor_to_numpy(getattr(piece, "audio", None))
+                last_ping = time.monotonic()
+                audio = getattr(piece, "audio", None)
                 if audio is not None:  # counted here, so streamed and whole replies alike
-                    self.metrics.audio_out.inc(len(audio) / self.sample_rate)
+                    self.metrics.audio_out.inc(sample_count(audio) / self.sample_rate)
                 yield piece
         finally:
             if not job.finished:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 MiB = 1024 * 1024
 
@@ -42,7 +42,6 @@ class ServerSettings:
     warmup: bool = False  # run one tiny generation at start-up; /ready answers 503 until it is done
     # page
     serve_page: bool = True
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         for name in ("max_batch", "queue_size", "max_upload_bytes", "max_text_chars", "max_new_tokens"):
