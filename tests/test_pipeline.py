@@ -284,3 +284,19 @@ def test_prompt_longer_than_the_model_is_refused(mimo):
     text = word * int(positions / per_word + 64)
     with pytest.raises(PromptError, match="max_position_embeddings"):
         mimo.prepare("speak", text=text)
+
+
+def test_audio_over_the_codec_limit_is_refused_once_with_its_type(mimo):
+    """The pipeline reads each clip once, under the codec's duration limit; the error keeps its type (the server
+    answers 413 for AudioTooLongError) and names the argument."""
+    from mimo_audio.errors import AudioTooLongError
+
+    codec = mimo.codec
+    saved = codec.config
+    codec.config = dataclasses.replace(saved, max_audio_seconds=1)
+    try:
+        with pytest.raises(AudioTooLongError, match="^audio.*longer than the limit of 1 s"):
+            mimo.encode(np.zeros(2 * 24000, dtype=np.float32), sample_rate=24000)
+        assert mimo.encode(np.zeros(24000 // 2, dtype=np.float32), sample_rate=24000).shape[1] == 8
+    finally:
+        codec.config = saved

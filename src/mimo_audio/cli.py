@@ -65,7 +65,7 @@ def _encode_file(codec, path: str, num_quantizers: int):
     wav = load_audio(path, target_rate=codec.sample_rate, max_seconds=codec.config.max_audio_seconds)
     update, close = _progress("encoding", wav.shape[0] / codec.sample_rate)
     try:
-        return codec.encode(wav, sample_rate=codec.sample_rate, num_quantizers=num_quantizers, progress=update)
+        return codec.encode_loaded(wav, num_quantizers, progress=update)
     finally:
         close()
 

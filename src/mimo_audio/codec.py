@@ -150,14 +150,19 @@ class AudioTokenizer(nn.Module):
         alone gives.
         """
         single = not isinstance(audio, list)
-        clips = [audio] if single else audio
-        if not clips:
+        # files and bytes carry their own rate: load_audio ignores sample_rate for them
+        wavs = [load_audio(clip, sample_rate=sample_rate, target_rate=self.sample_rate,
+                           max_seconds=self.config.max_audio_seconds) for clip in ([audio] if single else audio)]
+        codes = self.encode_loaded(wavs, num_quantizers, progress=progress)
+        return codes[0] if single else codes
+
+    def encode_loaded(self, wav, num_quantizers: int = 8, *, progress: Callable[[int, int], None] | None = None):
+        """Like :meth:`encode` for audio already read by :func:`~mimo_audio.audio.load_audio` at 24 kHz (a 1-D
+        float tensor, or a list of them): no second round of checks and resampling."""
+        single = isinstance(wav, torch.Tensor)
+        mels = [log_mel(w.to(self.device), self.config) for w in ([wav] if single else wav)]
+        if not mels:
             return []
-        mels = []
-        for clip in clips:  # files and bytes carry their own rate: load_audio ignores sample_rate for them
-            wav = load_audio(clip, sample_rate=sample_rate, target_rate=self.sample_rate,
-                             max_seconds=self.config.max_audio_seconds)
-            mels.append(log_mel(wav.to(self.device), self.config))
         codes = self.encode_mel(mels, num_quantizers, progress=progress)
         return codes[0] if single else codes
 

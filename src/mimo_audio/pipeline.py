@@ -164,12 +164,13 @@ class MimoAudio:
         if isinstance(audio, (list, tuple)) and not _is_one_audio(audio):
             raise AudioInputError(f"{what}: expected one audio clip, got a list of {len(audio)} items")
         try:
-            wav = load_audio(audio, sample_rate=sample_rate, target_rate=self.sample_rate)
+            wav = load_audio(audio, sample_rate=sample_rate, target_rate=self.sample_rate,
+                             max_seconds=self.codec.config.max_audio_seconds)
         except AudioInputError as exc:
             msg = str(exc)
-            raise AudioInputError(msg if msg.startswith(what) else f"{what}: {msg}") from None
+            raise type(exc)(msg if msg.startswith(what) else f"{what}: {msg}") from None  # keeps AudioTooLongError
         channels = len(self.lm.config.speech_zeroemb_idx)
-        codes = self.codec.encode(wav, sample_rate=self.sample_rate, num_quantizers=channels)
+        codes = self.codec.encode_loaded(wav, channels)
         return codes.to("cpu", torch.long)
 
     def _codes(self, audio: Any, sample_rate: int | None, what: str) -> torch.Tensor:
