@@ -7,6 +7,7 @@ against the real MimoAudio with the fixture's models in test_server_live.py.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -586,3 +587,38 @@ def test_ready_after_warmup():
             assert time.monotonic() < deadline, "never ready"
             time.sleep(0.05)
         assert fake.prepared[0][0] == "speak" and fake.batches == [1]
+
+
+@pytest.mark.parametrize("spec", ["2.3", "2.4"])
+def test_a_streamed_reply_cancels_its_jobs_even_if_its_body_never_started(spec):
+    """A client gone before the first chunk: the body generator (whose own cleanup would cancel the job) never
+    runs, so the response itself must cancel the jobs it streams; finished jobs are left alone."""
+    import asyncio
+
+    from mimo_audio.server.service import JobStream
+
+    class Job:
+        def __init__(self, finished):
+            self.finished, self.reasons = finished, []
+
+        def cancel(self, reason="client"):
+            if not self.finished:
+                self.reasons.append(reason)
+
+    started = []
+
+    async def body():
+        started.append(True)
+        yield b"never"
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        raise OSError("client went away")
+
+    running, done = Job(False), Job(True)
+    scope = {"type": "http", "asgi": {"spec_version": spec}, "method": "POST", "path": "/", "headers": []}
+    with contextlib.suppress(Exception):
+        asyncio.run(JobStream(body(), [running, done])(scope, receive, send))
+    assert not started and running.reasons == ["client"] and done.reasons == []

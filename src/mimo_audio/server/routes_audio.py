@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from .errors import APIError, ClientGone, bad_request, stream_error
 from .media import (
@@ -22,7 +22,7 @@ from .media import (
     to_vtt,
 )
 from .schemas import SpeechRequest
-from .service import Service, tensor_to_numpy
+from .service import JobStream, Service, cancel_jobs, tensor_to_numpy
 from .sse import PING, SSE_HEADERS, event
 
 log = logging.getLogger("mimo_audio.server")
@@ -91,8 +91,8 @@ async def create_speech(body: SpeechRequest, request: Request):
             log.warning("speech stream ended early: %s", exc)
 
     if sse:
-        return StreamingResponse(chunks(), media_type="text/event-stream", headers=SSE_HEADERS)
-    return StreamingResponse(chunks(), media_type=media_type, headers={"Cache-Control": "no-cache"})
+        return JobStream(chunks(), [job], media_type="text/event-stream", headers=SSE_HEADERS)
+    return JobStream(chunks(), [job], media_type=media_type, headers={"Cache-Control": "no-cache"})
 
 
 def _usage(reply) -> dict:
@@ -128,11 +128,6 @@ def _sep(a: str, b: str) -> str:
 
 def _cjk(ch: str) -> bool:
     return "\u3000" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" or "\uff00" <= ch <= "\uffef"
-
-
-def _cancel_all(jobs, reason: str) -> None:
-    for job in jobs:
-        job.cancel(reason)
 
 
 @router.post("/v1/audio/transcriptions", summary="Speech to text (OpenAI-compatible)")
@@ -197,12 +192,12 @@ async def create_transcription(
             except ClientGone:
                 return
             except APIError as exc:  # JobTimeout included
-                _cancel_all(jobs, "error")
+                cancel_jobs(jobs, "error")
                 yield event({"type": "error", "error": stream_error(exc)})
-            finally:  # a client that went away (ClientGone, or CancelledError under uvicorn) stops every row
-                _cancel_all(jobs, "client")
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+        # the response cancels the rows still running when it ends (the client went away, even before the first
+        # chunk)
+        return JobStream(events(), jobs, media_type="text/event-stream", headers=SSE_HEADERS)
 
     texts = []
     try:
@@ -210,7 +205,7 @@ async def create_transcription(
             reply = await svc.result(job, request)
             texts.append((reply.text or "").strip())
     finally:
-        _cancel_all(jobs, "client")  # finished rows are left alone
+        cancel_jobs(jobs)  # finished rows are left alone
     full = ""
     for t in texts:
         full = _join(full, t)

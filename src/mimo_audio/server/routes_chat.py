@@ -8,12 +8,12 @@ import secrets
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from .errors import APIError, ClientGone, bad_request, stream_error
 from .media import PCMStream, check_output_format, encode_audio
 from .schemas import ChatRequest
-from .service import Service, tensor_to_numpy
+from .service import JobStream, Service, tensor_to_numpy
 from .sse import DONE, PING, SSE_HEADERS, event
 
 log = logging.getLogger("mimo_audio.server")
@@ -200,7 +200,7 @@ async def create_chat_completion(body: ChatRequest, request: Request):
             yield event({"error": stream_error(exc)})
             yield DONE
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return JobStream(events(), [job], media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def _finish(reply) -> str:

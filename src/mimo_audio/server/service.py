@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 import numpy as np
+from starlette.responses import StreamingResponse
 
 from ..errors import MimoAudioError
 from .batcher import Batcher, Job, JobTimeout
@@ -36,6 +37,27 @@ def tensor_to_numpy(audio) -> np.ndarray | None:
     if hasattr(audio, "detach"):
         audio = audio.detach().to("cpu").float().numpy()
     return np.asarray(audio, dtype=np.float32).reshape(-1)
+
+
+def cancel_jobs(jobs, reason: str = "client") -> None:
+    """Cancel every job that has not finished (finished ones are left alone)."""
+    for job in jobs:
+        job.cancel(reason)
+
+
+class JobStream(StreamingResponse):
+    """A streaming reply that owns its jobs: when the response ends, however it ends (done, client gone, server
+    error, or cancelled before its body was ever read), every job still running is cancelled."""
+
+    def __init__(self, content, jobs, **kwargs):
+        super().__init__(content, **kwargs)
+        self.jobs = list(jobs)
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            cancel_jobs(self.jobs)
 
 
 def sample_count(audio) -> int:
