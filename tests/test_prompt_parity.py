@@ -27,52 +27,52 @@ def _clip(expected, config):
     return get
 
 
-def _messages(case, clip):
-    return [{**m, "audio": clip(m.get("audio"))} for m in case["messages"]]
+def _arg(field, value, clip):
+    """A manifest field as the builder takes it: clip names become code tensors, all else passes as is."""
+    if field in ("audio", "voice"):
+        return clip(value)
+    if field == "messages":
+        return [{**m, "audio": clip(m.get("audio"))} for m in value]
+    if field == "examples":
+        return [{**e, "input": clip(e["input"]), "output": clip(e["output"])} for e in value]
+    return value
 
 
-def _kw(case, *names):
-    return {n: case[n] for n in names if n in case}
-
-
-# case name -> builder(pb, case, clip). Cases are matched by exact name; add a row when the fixture grows.
-BUILDERS = {
-    "asr": lambda pb, c, clip: pb.asr(clip(c["audio"]), **_kw(c, "template")),
-    "tts": lambda pb, c, clip: pb.tts(c["text"], voice=clip(c.get("voice")), **_kw(c, "template")),
-    "tts_zh": lambda pb, c, clip: pb.tts(c["text"], voice=clip(c.get("voice")), **_kw(c, "template")),
-    "tts_lower": lambda pb, c, clip: pb.tts(c["text"], voice=clip(c.get("voice")), **_kw(c, "template")),
-    "tts_upper": lambda pb, c, clip: pb.tts(c["text"], voice=clip(c.get("voice")), **_kw(c, "template")),
-    "tts_instruct": lambda pb, c, clip: pb.tts_instruct(c["text"], c["instruct"], voice=clip(c.get("voice")),
-                                                        **_kw(c, "template")),
-    "tts_instruct_voice": lambda pb, c, clip: pb.tts_instruct(c["text"], c["instruct"], voice=clip(c.get("voice")),
-                                                              **_kw(c, "template")),
-    "tts_natural": lambda pb, c, clip: pb.tts_natural(c["text"], voice=clip(c.get("voice"))),
-    "tts_natural_voice": lambda pb, c, clip: pb.tts_natural(c["text"], voice=clip(c.get("voice"))),
-    "understand": lambda pb, c, clip: pb.understand(clip(c["audio"]), c["question"], thinking=c["thinking"]),
-    "understand_think": lambda pb, c, clip: pb.understand(clip(c["audio"]), c["question"], thinking=c["thinking"]),
-    "dialogue": lambda pb, c, clip: pb.dialogue(clip(c["audio"]), voice=clip(c.get("voice")),
-                                                system_prompt=c.get("system_prompt")),
-    "dialogue_system_voice": lambda pb, c, clip: pb.dialogue(clip(c["audio"]), voice=clip(c.get("voice")),
-                                                             system_prompt=c.get("system_prompt")),
-    "dialogue_multiturn": lambda pb, c, clip: pb.dialogue_multiturn(
-        _messages(c, clip), voice=clip(c.get("voice")), system_prompt=c.get("system_prompt")),
-    "dialogue_multiturn_short_text": lambda pb, c, clip: pb.dialogue_multiturn(
-        _messages(c, clip), voice=clip(c.get("voice")), system_prompt=c.get("system_prompt")),
-    "s2t_dialogue": lambda pb, c, clip: pb.s2t_dialogue(clip(c["audio"]), thinking=c["thinking"]),
-    "s2t_dialogue_multiturn_think": lambda pb, c, clip: pb.s2t_dialogue_multiturn(
-        _messages(c, clip), thinking=c["thinking"]),
-    "text_dialogue": lambda pb, c, clip: pb.text_dialogue(c["text"], thinking=c["thinking"]),
-    "text_dialogue_multiturn": lambda pb, c, clip: pb.text_dialogue_multiturn(
-        _messages(c, clip), thinking=c["thinking"]),
-    "icl_s2s": lambda pb, c, clip: pb.few_shot(
-        [{**e, "input": clip(e["input"]), "output": clip(e["output"])} for e in c["examples"]],
-        clip(c["audio"]), instruction=c.get("instruction")),
+# Case-name prefix -> (PromptBuilder method, fields every such case must have, fields it may have). A case goes
+# to the row with its longest prefix ("tts_instruct_voice" -> "tts_instruct"); each of its manifest fields is
+# passed as the keyword argument of the same name, and a field the row does not name fails the case.
+KINDS = {
+    "asr": ("asr", "audio", "template"),
+    "tts": ("tts", "text", "voice template"),
+    "tts_instruct": ("tts_instruct", "text instruct", "voice template"),
+    "tts_natural": ("tts_natural", "text", "voice"),
+    "understand": ("understand", "audio question thinking", ""),
+    "dialogue": ("dialogue", "audio", "voice system_prompt"),
+    "dialogue_multiturn": ("dialogue_multiturn", "messages", "voice system_prompt"),
+    "s2t_dialogue": ("s2t_dialogue", "audio thinking", ""),
+    "s2t_dialogue_multiturn": ("s2t_dialogue_multiturn", "messages thinking", ""),
+    "text_dialogue": ("text_dialogue", "text thinking", ""),
+    "text_dialogue_multiturn": ("text_dialogue_multiturn", "messages thinking", ""),
+    "icl_s2s": ("few_shot", "examples audio", "instruction"),
 }
 
 
+def _kind(name):
+    """The longest KINDS key that is ``name`` or a "_"-separated prefix of it; None when there is none."""
+    return max((k for k in KINDS if name == k or name.startswith(k + "_")), key=len, default=None)
+
+
+def _build(pb, name, case, clip):
+    method, required, optional = KINDS[_kind(name)]
+    required, fields = set(required.split()), set(case)
+    assert required <= fields <= required | set(optional.split()), \
+        f"{name}: fields {sorted(fields)}, row {_kind(name)!r} needs {sorted(required)}, allows {optional!r}"
+    return getattr(pb, method)(**{f: _arg(f, v, clip) for f, v in case.items()})
+
+
 def test_every_fixture_case_has_a_builder(manifest, expected):
-    missing = sorted(set(manifest["cases"]) - set(BUILDERS))
-    assert not missing, f"fixture prompt cases without a builder in this test: {missing}"
+    missing = sorted(k for k in manifest["cases"] if _kind(k) is None)
+    assert not missing, f"fixture prompt cases matching no KINDS row: {missing}"
     without_grid = sorted(k for k in manifest["cases"] if f"prompt.{k}" not in expected)
     assert not without_grid, f"manifest cases without an expected grid: {without_grid}"
 
@@ -88,10 +88,9 @@ def _case_names():
 
 @pytest.mark.parametrize("name", _case_names())
 def test_prompt_grid_matches_reference(name, builder, manifest, expected):
-    if name not in BUILDERS:
-        pytest.fail(f"no builder for fixture case {name!r}; add one to BUILDERS")
-    case = manifest["cases"][name]
-    grid = BUILDERS[name](builder, case, _clip(expected, builder.layout))
+    if _kind(name) is None:
+        pytest.fail(f"fixture case {name!r} matches no KINDS row; add one")
+    grid = _build(builder, name, manifest["cases"][name], _clip(expected, builder.layout))
     want = expected[f"prompt.{name}"]
     assert grid.dtype == torch.long
     assert grid.shape == want.shape, (name, tuple(grid.shape), tuple(want.shape))
