@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from mimo_audio.batch import Reply
 from mimo_audio.server import ServerSettings, create_app
 from mimo_audio.server.media import split_at_silences
-from server_helpers import FakeBackend, LiveServer, wav_bytes
+from server_helpers import FakeBackend, FakePiece, LiveServer, wav_bytes
 
 MODEL = "mimo-audio"
 
@@ -164,6 +165,30 @@ def test_speech_unsupported_formats(client, fmt):
     assert "wav" in err["message"] and fmt in err["message"]
 
 
+def test_speech_speed_other_than_one_is_refused(client):
+    for speed in (0.5, 1.25, 4.0):
+        err = assert_openai_error(client.post("/v1/audio/speech", json={"model": MODEL, "input": "x",
+                                                                        "speed": speed}), 400, "speed")
+        assert "instructions" in err["message"]  # it says how to ask for a pace instead
+    assert_openai_error(client.post("/v1/audio/speech", json={"model": MODEL, "input": "x", "speed": 9}), 400,
+                        "speed")  # out of OpenAI's range: a validation error, same shape
+    ok = client.post("/v1/audio/speech", json={"model": MODEL, "input": "x", "speed": 1.0, "max_new_tokens": 1})
+    assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize("streaming", [{"stream_format": "audio"}, {"stream_format": "sse"}, {"stream": True}])
+def test_flac_cannot_be_streamed(client, streaming):
+    err = assert_openai_error(client.post("/v1/audio/speech", json={
+        "model": MODEL, "input": "x", "response_format": "flac", **streaming}), 400, "response_format")
+    assert "flac" in err["message"] and "stream" in err["message"]
+    chat = {"model": MODEL, "max_new_tokens": 1, "modalities": ["text", "audio"],
+            "audio": {"voice": "x", "format": "flac"}, "messages": [{"role": "user", "content": "hi"}]}
+    assert_openai_error(client.post("/v1/chat/completions", json={**chat, "stream": True}), 400, "audio.format")
+    whole = client.post("/v1/chat/completions", json=chat)  # not streamed, flac is fine
+    assert whole.status_code == 200, whole.text
+    assert base64.b64decode(whole.json()["choices"][0]["message"]["audio"]["data"])[:4] == b"fLaC"
+
+
 def test_speech_streams(client):
     chunks = []
     with client.stream("POST", "/v1/audio/speech", json={"model": MODEL, "input": "Hi", "stream_format": "audio",
@@ -293,6 +318,18 @@ def test_bad_uploads(client, data, code):
     assert_openai_error(resp, code)
 
 
+def test_channel_cap(client):
+    def upload(channels):
+        buf = io.BytesIO()
+        sf.write(buf, np.full((16000, channels), 0.1, np.float32), 16000, format="WAV", subtype="PCM_16")
+        return client.post("/v1/audio/transcriptions", data={"model": MODEL, "max_new_tokens": 1},
+                           files={"file": ("a.wav", buf.getvalue())})
+
+    assert upload(8).status_code == 200  # 8 channels are mixed down
+    err = assert_openai_error(upload(9), 400, "file")
+    assert "9 channels" in err["message"] and "8" in err["message"]
+
+
 def test_non_finite_and_forged_rate(client):
     buf = io.BytesIO()
     sf.write(buf, np.array([0.0, np.nan, np.inf] * 2000, dtype=np.float32), 16000, format="WAV", subtype="FLOAT")
@@ -376,6 +413,97 @@ def test_total_audio_limit_counts_every_clip():
         assert chat(1).status_code == 200
         assert assert_openai_error(chat(2), 413)["code"] == "audio_too_long"  # 3 s in two parts of 1.5 s
         assert assert_openai_error(chat(1, ref), 413)["code"] == "audio_too_long"  # the voice counts too
+
+
+THOUGHT = ["Let me", " think.\n</th", "ink>\n\nThe", " answer."]  # "</think>" split across two pieces
+
+
+class ThinkingBackend(FakeBackend):
+    """Chat with thinking=True as the pipeline does it: the text holds the thinking section, then the answer;
+    the reply is the pipeline's own Reply (its .thinking / .answer split the text)."""
+
+    def stream(self, requests):
+        if not all(r.task == "chat" and r.kwargs.get("thinking") for r in requests):
+            return super().stream(requests)
+        self.batches.append(len(requests))
+        return self._think(requests)
+
+    @staticmethod
+    def _think(requests):
+        for i, r in enumerate(requests):
+            texts = THOUGHT[:r.steps]
+            for step, text in enumerate(texts):
+                reply = None
+                if step == len(texts) - 1:
+                    reply = Reply("".join(texts), finish_reason="stop" if texts == THOUGHT else "length",
+                                  prompt_tokens=10, new_tokens=len(texts))
+                yield i, FakePiece(text, None, reply is not None, reply, i)
+
+
+def test_chat_thinking_goes_to_reasoning_content():
+    fake = ThinkingBackend()
+    body = {"model": MODEL, "thinking": True, "messages": [{"role": "user", "content": "why?"}]}
+    with LiveServer(create_app(fake, ServerSettings())) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        msg = c.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]
+        assert fake.prepared[-1][1]["thinking"] is True
+        assert msg["reasoning_content"] == "Let me think." and msg["content"] == "The answer."
+
+        chunks = sse_events(c.post("/v1/chat/completions", json={**body, "stream": True}).text)[:-1]
+        deltas = [ch["choices"][0]["delta"] for ch in chunks if ch["choices"]]
+        reasoning = "".join(d.get("reasoning_content", "") for d in deltas)
+        content = "".join(d.get("content") or "" for d in deltas)
+        assert reasoning == "Let me think." and content == "The answer."
+        assert not any("think>" in (d.get("content") or "") + d.get("reasoning_content", "") for d in deltas)
+
+        # cut off while thinking: all of it is reasoning, streamed or not
+        cut = {**body, "max_tokens": 2}
+        msg = c.post("/v1/chat/completions", json=cut).json()["choices"][0]["message"]
+        assert msg["content"] == "" and msg["reasoning_content"].startswith("Let me think.")
+        deltas = [ch["choices"][0]["delta"] for ch in sse_events(
+            c.post("/v1/chat/completions", json={**cut, "stream": True}).text)[:-1] if ch["choices"]]
+        assert "".join(d.get("reasoning_content", "") for d in deltas) == msg["reasoning_content"]
+        assert "".join(d.get("content") or "" for d in deltas) == ""
+
+        # without thinking there is no reasoning_content
+        plain = c.post("/v1/chat/completions", json={**body, "thinking": False, "max_tokens": 2}).json()
+        assert "reasoning_content" not in plain["choices"][0]["message"]
+
+
+def test_audio_store_keeps_the_last_replies_for_an_hour(monkeypatch):
+    from types import SimpleNamespace
+
+    from mimo_audio.server import service
+
+    defaults = ServerSettings()
+    assert (defaults.audio_store_size, defaults.audio_store_ttl_s) == (64, 3600)  # as documented
+    clock = [1_000_000.0]
+    monkeypatch.setattr(service, "time", SimpleNamespace(time=lambda: clock[0], monotonic=time.monotonic))
+    fake = FakeBackend()
+    with LiveServer(create_app(fake, ServerSettings(audio_store_size=2))) as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as c:
+        def spoken_reply():
+            r = c.post("/v1/chat/completions", json={"model": MODEL, "max_new_tokens": 2,
+                                                      "modalities": ["text", "audio"],
+                                                      "messages": [{"role": "user", "content": "hi"}]})
+            return r.json()["choices"][0]["message"]["audio"]
+
+        def audio_given_back(audio_id):  # a text reply: stores nothing itself
+            r = c.post("/v1/chat/completions", json={"model": MODEL, "max_new_tokens": 1, "messages": [
+                {"role": "user", "content": "hi"}, {"role": "assistant", "audio": {"id": audio_id}},
+                {"role": "user", "content": "and?"}]})
+            assert r.status_code == 200, r.text
+            return "audio" in fake.prepared[-1][1]["messages"][1]
+
+        first, second = spoken_reply(), spoken_reply()
+        assert first["expires_at"] == 1_000_000 + 3600
+        assert audio_given_back(first["id"])  # and, used, it becomes the most recent
+        third = spoken_reply()  # one more than the store holds: the least recently used goes
+        assert not audio_given_back(second["id"])
+        assert audio_given_back(first["id"]) and audio_given_back(third["id"])
+        clock[0] += 3599
+        assert audio_given_back(third["id"])
+        clock[0] += 2  # an hour and a second later
+        assert not audio_given_back(third["id"]) and not audio_given_back(first["id"])
 
 
 def test_chat_stream(client):
@@ -581,7 +709,10 @@ def test_ready_after_warmup():
         first = c.get("/ready")
         assert c.get("/health").status_code == 200
         assert_openai_error(first, 503)
-        assert_openai_error(c.post("/v1/audio/speech", json={"model": MODEL, "input": "x"}), 503)
+        busy = c.post("/v1/audio/speech", json={"model": MODEL, "input": "x"})
+        assert assert_openai_error(busy, 503)["code"] == "not_ready"
+        retry = str(ServerSettings().retry_after_s)
+        assert first.headers.get("retry-after") == retry and busy.headers.get("retry-after") == retry
         deadline = time.monotonic() + 10
         while c.get("/ready").status_code != 200:
             assert time.monotonic() < deadline, "never ready"

@@ -60,7 +60,7 @@ def create_app(backend, settings: ServerSettings | None = None) -> FastAPI:
     @app.get("/ready", summary="Readiness: model loaded and the batcher running")
     async def ready():
         if not service.ready:
-            raise APIError(503, "Not ready", code="not_ready")
+            raise APIError(503, "Not ready", code="not_ready", headers={"Retry-After": str(settings.retry_after_s)})
         return {"status": "ready", "model": settings.model_name}
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)

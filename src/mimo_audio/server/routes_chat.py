@@ -10,6 +10,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from ..output import split_thinking
 from .errors import APIError, ClientGone, bad_request, stream_error
 from .media import PCMStream, check_output_format, encode_audio
 from .schemas import ChatRequest
@@ -20,6 +21,39 @@ log = logging.getLogger("mimo_audio.server")
 router = APIRouter()
 
 AUDIO_PART_TYPES = ("input_audio", "audio_url")
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def split_reasoning(text: str, *, final: bool = True) -> tuple[str, str]:
+    """A thinking run's text (whole, or so far) -> ``(reasoning, answer)``: :func:`~mimo_audio.output.split_thinking`,
+    except that text without ``</think>`` (a reply cut off while thinking, or a stream still thinking) is all
+    reasoning. With ``final=False`` text that may yet become a marker is held back, so both parts only ever grow
+    and the streamed increments add up to the whole reply's parts."""
+    if not final and THINK_CLOSE not in text:
+        for k in range(len(THINK_CLOSE) - 1, 0, -1):  # a partial "</think>" at the end
+            if text.endswith(THINK_CLOSE[:k]):
+                text = text[:-k]
+                break
+    reasoning, answer = split_thinking(text)
+    if reasoning is not None:
+        return reasoning, answer
+    if not final and THINK_OPEN.startswith(answer):  # maybe the start of "<think>"
+        return "", ""
+    return answer.removeprefix(THINK_OPEN).strip(), ""
+
+
+class ReasoningStream:
+    """Streamed text of a thinking run -> increments of its reasoning and of its answer (see split_reasoning)."""
+
+    def __init__(self):
+        self.text, self.sent = "", ("", "")
+
+    def feed(self, delta: str, *, final: bool = False) -> tuple[str, str]:
+        self.text += delta
+        parts = split_reasoning(self.text, final=final)
+        new = tuple(p[len(s):] if p.startswith(s) else "" for p, s in zip(parts, self.sent))
+        self.sent = tuple(s + n for s, n in zip(self.sent, new))
+        return new
 
 
 async def _convert_messages(svc: Service, body: ChatRequest) -> tuple[list[dict], list]:
@@ -138,11 +172,14 @@ async def create_chat_completion(body: ChatRequest, request: Request):
     completion_id = "chatcmpl-" + secrets.token_hex(12)
     created = int(time.time())
     model = svc.settings.model_name
+    split_thoughts = bool(body.thinking) and not want_audio  # reasoning_content apart from content
 
     if not stream:
         reply = await svc.result(job, request)
         message: dict = {"role": "assistant", "content": None if want_audio else reply.answer}
         thinking = getattr(reply, "thinking", "")
+        if split_thoughts:
+            thinking, message["content"] = split_reasoning(reply.text or "")
         if thinking:
             message["reasoning_content"] = thinking
         if want_audio:
@@ -169,13 +206,20 @@ async def create_chat_completion(body: ChatRequest, request: Request):
     async def events():
         audio_id = svc.audio_store.new_id()
         out = PCMStream(fmt, svc.sample_rate)
+        thoughts = ReasoningStream() if split_thoughts else None
         try:
             yield chunk({"role": "assistant", "content": None if want_audio else ""})
             async for piece in svc.pieces(job, request, ping=svc.settings.sse_ping_s):
                 if piece is None:
                     yield PING
                     continue
-                if piece.text:
+                if thoughts is not None:
+                    reasoning, answer = thoughts.feed(piece.text or "", final=piece.done)
+                    if reasoning:
+                        yield chunk({"reasoning_content": reasoning})
+                    if answer:
+                        yield chunk({"content": answer})
+                elif piece.text:
                     yield chunk({"audio": {"id": audio_id, "transcript": piece.text}} if want_audio
                                 else {"content": piece.text})
                 audio = tensor_to_numpy(piece.audio) if want_audio else None
