@@ -31,14 +31,6 @@ def test_generate_benchmark_and_the_op_goal():
         assert rows[("greedy", batch, "text")][1] < ops / 3
 
 
-def test_op_floor_benchmark_prints_its_tables():
-    out = _run("op_floor.py", "--reps", "2", "--calls", "50")
-    assert "**sum per layer-step**" in out
-    for row in ("every op at its isolated speed", "real loop, distinct layers", "whole audio group"):
-        line = next(x for x in out.splitlines() if row in x)
-        assert float(line.strip("|").split("|")[-1]) > 0
-
-
 def test_codec_benchmark_prints_its_table():
     out = _run("codec.py", "--seconds", "2", "--skip-released", "--repeat", "1")
     assert "| model | params |" in out

@@ -9,8 +9,8 @@ from safetensors.torch import save_file
 
 from lm_helpers import EMPTY, random_grid, tiny_lm
 from mimo_audio import CheckpointError, MimoAudioLM
+from mimo_audio.delay import delay_schedule
 from mimo_audio.lm import key_table, released_state_dict
-from mimo_audio.stepper import Stepper
 
 
 def released_keys(c) -> set[str]:
@@ -94,31 +94,36 @@ def test_load_round_trip_and_strictness(tmp_path):
 
 
 def test_cache_equals_no_cache():
-    """The generation path (prefill, then per group decode + advance, patch encoder included) against one full
-    forward: audio groups are fed through the patch decoder with their own codes (teacher-forced picks)."""
+    """The generation path (prefill, then per group decode + embed_group + backbone_step, patch encoder included)
+    against one full forward: audio groups are fed through the patch decoder with their own codes
+    (teacher-forced picks)."""
     lm = tiny_lm()
     G = lm.config.group_size
     grid = random_grid(lm, 9)
+    k = 4
     with torch.no_grad():
         full = lm(grid[None], empty_id=EMPTY)
-    k = 4
-    st = Stepper(lm, 1, 12, EMPTY)
-    h = st.prefill(grid[None, :, : k * G], torch.ones(1, k, dtype=torch.bool))
-    with torch.no_grad():  # the stepper hands out inference tensors
+        cache = lm.new_cache(1, 12)
+        h = lm.prefill(grid[None, :, : k * G], torch.tensor([k]), cache, EMPTY)
         assert torch.allclose(lm.lm_head(h), full.text_logits[:, k - 1], atol=1e-5)
-    n_speech = 0
-    for n in range(k, 9):
-        group = grid[:, n * G: (n + 1) * G]
-        text = group[0, :1]
-        speech = int(text) == EMPTY
-        if speech:
-            codes = group[1:].T  # (G, C)
-            st.decode(lambda p, logits, codes=codes: torch.stack([codes[f, ch] for ch, f in st.fw.sched[p]])[None])
-            n_speech += 1
-        st.advance(text, [speech])
-        assert torch.allclose(st.text_logits(), full.text_logits[:, n], atol=1e-5), n
-        with torch.no_grad():
-            assert torch.allclose(lm.hidden_downcast(st.n), full.local_inputs[:, n], atol=1e-5)
+        lengths = torch.tensor([[k]])
+        step = cache.step(lengths, 12)
+        plan = lm.delay_plan(lm.device)
+        n_speech = 0
+        for n in range(k, 9):
+            group = grid[:, n * G: (n + 1) * G]
+            text = group[0, :1]
+            codes = None
+            if int(text) == EMPTY:
+                target = group[1:].T  # (G, C)
+                codes = lm.decode_patch(lm.hidden_downcast(h), lambda p, logits, t=target: t.flatten()[plan[p][1]][None])
+                assert torch.equal(codes[0], target)
+                n_speech += 1
+            step.refresh()
+            h = lm.backbone_step(lm.embed_group(text, codes), step)
+            lengths += 1
+            assert torch.allclose(lm.lm_head(h), full.text_logits[:, n], atol=1e-5), n
+            assert torch.allclose(lm.hidden_downcast(h), full.local_inputs[:, n], atol=1e-5)
     assert 0 < n_speech < 9 - k  # both kinds of group were fed
 
 
@@ -126,23 +131,21 @@ def test_teacher_forced_logits_equal_greedy_decoding():
     lm = tiny_lm(seed=3)
     first = torch.randn(5, lm.config.local_dim)
     seen = []
+    plan = lm.delay_plan(lm.device)
 
     def pick(p, logits):
         seen.append(logits.clone())
-        return logits.argmax(-1)
+        return (logits + plan[p][2]).argmax(-1)
 
-    st = Stepper(lm, 5, 1, EMPTY)
-    codes = st.decode_patch(first, pick)
     with torch.no_grad():
+        codes = lm.decode_patch(first, pick)
         tf = lm.decode_teacher_forced(first, codes)
-    for p, step in enumerate(st.fw.sched):
+    sched = delay_schedule(lm.config.delay_pattern, lm.config.group_size)
+    for p, step in enumerate(sched):
         for j, (ch, f) in enumerate(step):
             v = lm.config.speech_vocab_size[ch]
-            got = seen[p][:, j, :v].clone()
-            want = tf[ch][:, f].clone()
-            empty = lm.config.speech_zeroemb_idx[ch]
-            got[:, empty] = want[:, empty] = 0  # banned in decoding (bias -inf)
-            assert torch.allclose(got, want, atol=1e-5), (p, ch)
+            assert torch.allclose(seen[p][:, j, :v], tf[ch][:, f], atol=1e-5), (p, ch)
+            assert torch.isinf(seen[p][:, j, v:]).all()  # padding to the largest vocabulary
     assert not any((codes[..., ch] == e).any() for ch, e in enumerate(lm.config.speech_zeroemb_idx))
 
 
@@ -169,26 +172,22 @@ def test_training_loss_matches_definition():
 
 def test_patch_decoder_samplers_see_the_empty_ids_and_ban_them_after_top_p():
     """Samplers get the empty ids' real logits (banned mass counts in the nucleus, SPEC §5.3) and the per-step
-    ban marks exactly each active channel's empty id; argmax decoding keeps the ban in the bias."""
+    ban of the delay plan marks exactly each active channel's empty id."""
     lm = tiny_lm(seed=4)
     first = torch.randn(2, lm.config.local_dim)
-    seen = {True: [], False: []}
-    for in_bias in (True, False):
-        st = Stepper(lm, 2, 1, EMPTY)
+    seen = []
+    plan = lm.delay_plan(lm.device)
 
-        def pick(p, logits, in_bias=in_bias, st=st):
-            seen[in_bias].append(logits.clone())
-            ban = torch.zeros_like(logits) if in_bias else st.fw.local_ban[p].expand_as(logits)
-            return (logits + ban).argmax(-1)
+    def pick(p, logits):
+        seen.append(logits.clone())
+        return (logits + plan[p][2]).argmax(-1)
 
-        st.decode_patch(first, pick, ban_in_bias=in_bias)
-    for p, step in enumerate(Stepper(lm, 2, 1, EMPTY).fw.sched):
-        for j, (ch, _f) in enumerate(step):
+    with torch.no_grad():
+        lm.decode_patch(first, pick)
+    for p, step in enumerate(delay_schedule(lm.config.delay_pattern, lm.config.group_size)):
+        chans, _flat, ban = plan[p]
+        assert chans == [ch for ch, _ in step]
+        for j, ch in enumerate(chans):
             empty = lm.config.speech_zeroemb_idx[ch]
-            banned, open_ = seen[True][p][:, j], seen[False][p][:, j]
-            assert torch.isinf(banned[:, empty]).all() and torch.isfinite(open_[:, empty]).all()
-            v = lm.config.speech_vocab_size[ch]
-            keep = [i for i in range(v) if i != empty]
-            assert torch.allclose(banned[:, keep], open_[:, keep], atol=1e-6)
-            ban = Stepper(lm, 2, 1, EMPTY).fw.local_ban[p][j]
-            assert torch.isinf(ban).nonzero().flatten().tolist() == [empty]
+            assert torch.isfinite(seen[p][:, j, empty]).all()
+            assert torch.isinf(ban[j]).nonzero().flatten().tolist() == [empty]

@@ -1,15 +1,22 @@
-"""The generation engine (SPEC §5): batched, streaming, per-row configs; no task knowledge.
+"""The generation engine (SPEC §5): batched, streaming, per-row configs, rows that join a running batch; no task
+knowledge.
 
     prefill -> [backbone step -> text sample -> (patch decoder) -> append -> stop checks] per group
 
-Prompts of different lengths are left-padded (attention masks, per-row RoPE positions), so every row writes
-the same cache column each step. Rows finish independently: a finished row keeps running masked and its
-outputs are ignored. One host sync per group (the sampled text tokens), which decides whether the patch
-decoder runs at all and which rows stop.
+Every step runs the model's own modules (:meth:`MimoAudioLM.backbone_step <mimo_audio.lm.MimoAudioLM.backbone_step>`,
+:meth:`~mimo_audio.lm.MimoAudioLM.decode_patch`, ...) against static caches (:class:`~mimo_audio.layers.KVCache`)
+where every row has its own position: a row can be admitted into a free slot of a running batch
+(:meth:`GenerationStream.add`) and leaves it when it finishes. One host sync per group (the sampled text tokens),
+which decides whether the patch decoder runs at all and which rows stop.
+
+Speed is applied from outside: with ``compile=True`` (or ``MIMO_AUDIO_COMPILE=1``) the backbone step and the whole
+patch-decoder loop are wrapped with ``torch.compile`` (``mode="reduce-overhead"``, i.e. CUDA graphs, on CUDA);
+the eager path is the default and gives the same tokens.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -17,7 +24,6 @@ import torch
 
 from .errors import PromptError
 from .sampling import GREEDY, Sampler, SamplingParams, params_tensors
-from .stepper import Stepper
 
 __all__ = ["SamplingParams", "GenerationConfig", "PRESETS", "preset", "generate", "stream_generate",
            "GenerationStream"]
@@ -96,157 +102,311 @@ def _check_prompts(lm, prompts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
-def _argmax(step: int, logits: torch.Tensor) -> torch.Tensor:
-    return logits.argmax(-1)
+def compile_enabled(compile: bool | None = None) -> bool:
+    """``compile`` if given, else the ``MIMO_AUDIO_COMPILE`` environment switch (``1``/``0``; default off)."""
+    if compile is not None:
+        return bool(compile)
+    value = os.environ.get("MIMO_AUDIO_COMPILE", "0").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise PromptError(f"MIMO_AUDIO_COMPILE={value!r}: set it to 1 (compile the step functions) or 0 (eager)")
+
+
+def step_functions(lm, compile: bool = False):
+    """``(backbone_step, decode_patch)`` of ``lm``: its own methods, or ``torch.compile`` of them (made once per
+    model; ``mode="reduce-overhead"`` (CUDA graphs) on CUDA, inductor's default on the CPU)."""
+    if not compile:
+        return lm.backbone_step, lm.decode_patch
+    made = lm.__dict__.setdefault("_compiled_steps", {})
+    key = str(lm.device)
+    if key not in made:
+        mode = "reduce-overhead" if lm.device.type == "cuda" else None
+        made[key] = (torch.compile(lm.backbone_step, mode=mode, dynamic=False),
+                     torch.compile(lm.decode_patch, mode=mode, dynamic=False))
+    return made[key]
+
+
+class _Row:
+    """One prompt's state in a stream: its slot, limits, stop ids, sampler settings, generator and output."""
+
+    __slots__ = ("id", "slot", "cfg", "prompt_groups", "max_new", "min_new", "stop_ids", "count", "done", "gen",
+                 "out", "text", "local")
+
+    def __init__(self, rid, cfg, prompt_groups, max_new, out, text, local):
+        self.id, self.cfg, self.prompt_groups, self.max_new = rid, cfg, prompt_groups, max_new
+        self.min_new, self.stop_ids = cfg.min_new_tokens, frozenset(cfg.stop_ids)
+        self.slot: int | None = None
+        self.count, self.done, self.gen = 0, False, None
+        self.out, self.text, self.local = out, text, local
+
+    @property
+    def positions(self) -> int:
+        """Cache entries the row holds (its next position)."""
+        return self.prompt_groups + self.count
+
+
+class _Pick:
+    """The patch decoder's token choice at each step: the local sampler (bans after top-p) or the argmax of the
+    banned logits. An object, not a closure, so a compiled decoder sees the same thing every group."""
+
+    def __init__(self, sampler: Sampler, plan, uniforms: torch.Tensor | None, C: int):
+        self.sampler, self.uniforms, self.C = sampler, uniforms, C
+        self.bans = [ban for _, _, ban in plan]
+        self.sample = sampler.any_sample and uniforms is not None
+
+    def __call__(self, p: int, logits: torch.Tensor) -> torch.Tensor:
+        ban = self.bans[p]
+        if not self.sample:
+            return (logits + ban).argmax(-1)
+        n = logits.shape[1]
+        return self.sampler(logits, ban, self.uniforms[:, 1 + p * self.C: 1 + p * self.C + n])
 
 
 class GenerationStream:
-    """Iterator over generated groups: each step yields ``list[LongTensor (9, G) | None]`` (``None`` once a row
-    has finished). ``cancel(row)`` finishes a row at the next step. ``outputs()`` gives each row's generated
-    columns so far ``(9, 4 * groups)``."""
+    """Iterator over generated groups: each step yields ``list[LongTensor (9, G) | None]`` indexed by row (``None``
+    for a row that has finished or made nothing this step). :meth:`add` admits a new prompt into the running
+    batch (continuous batching); ``cancel(row)`` finishes a row at the next step; ``outputs()`` gives each row's
+    generated columns so far ``(9, 4 * groups)``.
 
-    CHUNK = 16  # groups of uniforms drawn per row generator call
+    ``capacity``: slots to allocate up front (rows beyond it grow the batch); ``compile``: see :func:`step_functions`.
+    """
 
-    def __init__(self, lm, prompts, config=None, *, empty_id: int | None = None, greedy: bool = False):
+    BUCKET = 256  # attention reads the cache in blocks of this many positions
+
+    def __init__(self, lm, prompts, config=None, *, empty_id: int | None = None, greedy: bool = False,
+                 capacity: int | None = None, compile: bool | None = None):
         self.lm = lm
-        self.empty_id = e = lm.resolve_empty_id(empty_id)
+        self.empty_id = lm.resolve_empty_id(empty_id)
+        self.greedy = greedy
         prompts = _check_prompts(lm, prompts)
         cfgs = _configs(config, len(prompts))
         c = lm.config
-        G, C = c.group_size, c.audio_channels
-        self.G, self.C, self.B = G, C, len(prompts)
-        lengths = [p.shape[1] // G for p in prompts]
-        cap = c.max_position_embeddings
-        self.max_new = []
-        for i, (n, cfg) in enumerate(zip(lengths, cfgs)):
-            if n >= cap:
-                raise PromptError(f"prompt {i} has {n} groups but the model's context is {cap} groups "
-                                  "(max_position_embeddings); shorten the prompt (less audio or history)")
-            self.max_new.append(min(cfg.max_new_tokens, cap - n))
-        self.min_new = [cfg.min_new_tokens for cfg in cfgs]
-        self.stop_ids = [frozenset(cfg.stop_ids) for cfg in cfgs]
-        N = max(lengths)
-        dev = lm.device
-        B = self.B
-        # left-padded batch grid and validity mask
-        empty_col = torch.tensor([0, *c.speech_zeroemb_idx], device=dev)
-        grid = empty_col[None, :, None].repeat(B, 1, N * G)
-        valid = torch.zeros(B, N, dtype=torch.bool, device=dev)
-        for b, p in enumerate(prompts):
-            grid[b, :, (N - lengths[b]) * G:] = p
-            valid[b, N - lengths[b]:] = True
-        self.st = Stepper(lm, B, N + max(self.max_new), e)
-        self.out = torch.zeros(B, C + 1, G * max(self.max_new), dtype=torch.long, device=dev)
-        self.count = [0] * B
+        self.G, self.C, self.V = c.group_size, c.audio_channels, c.vocab_size
+        self.cap = c.max_position_embeddings
+        self.compiled = compile_enabled(compile)
+        self._backbone_fn, self._decode_fn = step_functions(lm, self.compiled)
+        self.dev = lm.device
+        self.rows: list[_Row] = []
+        self.slots: list[_Row | None] = []
         self.steps = 0
-        self.done = [False] * B
         self._cancel: set[int] = set()
-        # samplers
-        V = c.vocab_size
-        text_p = [GREEDY if greedy else cfg.text for cfg in cfgs]
-        local_p = [GREEDY if greedy else cfg.local for cfg in cfgs]
-        # top-k candidates only (torch.topk) when every row sets top_k; a sampler whose rows all take the argmax
-        # skips its filters (they keep the top of the ranking)
+        self._dirty = True
+        self._bsteps: dict[int, object] = {}
+        with torch.inference_mode():
+            self.empty_codes = torch.tensor(c.speech_zeroemb_idx, device=self.dev)
+            rows = [self._new_row(p, cfg, i) for i, (p, cfg) in enumerate(zip(prompts, cfgs))]
+            B = max(len(rows), capacity or 0)
+            need = max(r.prompt_groups + r.max_new for r in rows)
+            self._allocate(B, need)
+            for slot, r in enumerate(rows):
+                r.slot = slot
+                self.slots[slot] = r
+            self._prefill(rows, prompts)
+
+    # -------------------------------------------------------------------------------- rows and slots
+    def _new_row(self, prompt: torch.Tensor, cfg: GenerationConfig, i: int) -> _Row:
+        n = prompt.shape[1] // self.G
+        if n >= self.cap:
+            raise PromptError(f"prompt {i} has {n} groups but the model's context is {self.cap} groups "
+                              "(max_position_embeddings); shorten the prompt (less audio or history)")
+        max_new = min(cfg.max_new_tokens, self.cap - n)
+        with torch.inference_mode(False):  # handed to callers: an ordinary tensor
+            out = torch.zeros(self.C + 1, self.G * max_new, dtype=torch.long, device=self.dev)
+        text, local = (GREEDY, GREEDY) if self.greedy else (cfg.text, cfg.local)
+        row = _Row(len(self.rows), cfg, n, max_new, out, text, local)
+        if text.do_sample or local.do_sample:
+            seed = cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, ()))
+            row.gen = torch.Generator(device=self.dev if self.dev.type != "cpu" else "cpu").manual_seed(seed)
+        self.rows.append(row)
+        return row
+
+    def _allocate(self, batch: int, positions: int) -> None:
+        """(Re)allocate every per-slot buffer for ``batch`` slots and ``positions`` cache entries, keeping state."""
+        lm = self.lm
+        positions = min(self.cap, -(-positions // self.BUCKET) * self.BUCKET)
+        old = getattr(self, "cache", None)
+        if old is None:
+            self.cache = lm.new_cache(batch, positions)
+            self.h = torch.zeros(batch, lm.config.hidden_size, dtype=lm.dtype, device=self.dev)
+            self.lengths = torch.zeros(batch, 1, dtype=torch.long, device=self.dev)
+        else:
+            B = old.batch
+            self.cache = old.resized(batch, positions)
+            h, lengths = self.h, self.lengths
+            self.h = torch.zeros(self.cache.batch, h.shape[1], dtype=h.dtype, device=self.dev)
+            self.h[:B] = h
+            self.lengths = torch.zeros(self.cache.batch, 1, dtype=torch.long, device=self.dev)
+            self.lengths[:B] = lengths
+        if self.compiled and self.dev.type == "cuda":  # CUDA graphs need the caches at fixed addresses
+            for t in (self.cache.k, self.cache.v):
+                torch._dynamo.mark_static_address(t)
+        self.slots += [None] * (self.cache.batch - len(self.slots))
+        self.dsteps = lm.decoder_steps(self.cache.batch)
+        self._bsteps = {}
+        self._dirty = True
+
+    def _prefill(self, rows: list[_Row], prompts: list[torch.Tensor]) -> None:
+        """Prefill ``rows`` (in consecutive slots) from their prompts, right-padded into one batch."""
+        c = self.lm.config
+        G = self.G
+        N = max(r.prompt_groups for r in rows)
+        pad = torch.tensor([0, *c.speech_zeroemb_idx], device=self.dev)
+        grid = pad[None, :, None].repeat(len(rows), 1, N * G)
+        for b, p in enumerate(prompts):
+            grid[b, :, : p.shape[1]] = p
+        lengths = torch.tensor([r.prompt_groups for r in rows], device=self.dev)
+        s0 = rows[0].slot
+        h = self.lm.prefill(grid, lengths, self.cache.rows(s0, s0 + len(rows)), self.empty_id)
+        self.h[s0: s0 + len(rows)] = h
+        self.lengths[s0: s0 + len(rows), 0] = lengths
+        self._dirty = True
+
+    def add(self, prompt: torch.Tensor, config=None) -> int:
+        """Admit ``prompt`` ``(9, 4 * groups)`` into the running batch; it makes its first group at the next
+        :meth:`step`. Returns its row index (results and :meth:`outputs` are indexed by it)."""
+        (prompt,) = _check_prompts(self.lm, [prompt])
+        (cfg,) = _configs(config, 1)
+        with torch.inference_mode():
+            row = self._new_row(prompt, cfg, len(self.rows))
+            free = [i for i, r in enumerate(self.slots) if r is None]
+            need = row.prompt_groups + row.max_new
+            if not free or need > self.cache.capacity:
+                self._allocate(self.cache.batch + (0 if free else 1), max(need, self.cache.capacity))
+                free = [i for i, r in enumerate(self.slots) if r is None]
+            row.slot = free[0]
+            self.slots[row.slot] = row
+            self._prefill([row], [prompt])
+        return row.id
+
+    def cancel(self, row: int) -> None:
+        if not 0 <= row < len(self.rows):
+            raise IndexError(f"row {row} is not in this stream of {len(self.rows)} rows")
+        self._cancel.add(row)
+
+    @property
+    def B(self) -> int:
+        """Rows in this stream (every row ever added)."""
+        return len(self.rows)
+
+    @property
+    def finished(self) -> bool:
+        return all(r.done for r in self.rows)
+
+    @property
+    def count(self) -> list[int]:
+        return [r.count for r in self.rows]
+
+    def outputs(self) -> list[torch.Tensor]:
+        return [r.out[:, : self.G * r.count] for r in self.rows]
+
+    # -------------------------------------------------------------------------------- batch state
+    def _rebuild(self) -> None:
+        """Per-slot sampler parameters and bans, after rows joined or left."""
+        B, V, dev = self.cache.batch, self.V, self.dev
+        live = [r if r is not None and not r.done else None for r in self.slots]
+        text_p = [r.text if r else GREEDY for r in live]
+        local_p = [r.local if r else GREEDY for r in live]
         self.text_sampler, self.local_sampler = (
             Sampler(**params_tensors(ps, dev), kmax=max(p.top_k for p in ps) if all(p.top_k for p in ps) else None)
             for ps in (text_p, local_p))
         ban = torch.zeros(B, V, dtype=torch.float32, device=dev)
         ban_stop = torch.zeros(B, V, dtype=torch.float32, device=dev)
-        for b, cfg in enumerate(cfgs):
-            for ids, target in ((cfg.banned_ids, (ban, ban_stop)), (cfg.stop_ids, (ban_stop,))):
+        for b, r in enumerate(live):
+            if r is None:
+                continue
+            for ids, target in ((r.cfg.banned_ids, (ban, ban_stop)), (r.cfg.stop_ids, (ban_stop,))):
                 idx = [i for i in ids if 0 <= i < V]
                 for t in target:
                     t[b, idx] = float("-inf")
         self.ban, self.ban_stop = ban, ban_stop
-        self.gate = torch.zeros(B, 1, dtype=torch.bool, device=dev)  # True: still below min_new (stop ids banned)
-        self._gate_host: list[bool] | None = None
-        self.gens = None
-        if self.text_sampler.any_sample or self.local_sampler.any_sample:
-            seeds = [cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, ())) for cfg in cfgs]
-            gdev = dev if dev.type != "cpu" else "cpu"
-            self.gens = [torch.Generator(device=gdev).manual_seed(s) for s in seeds]
-            # uniforms for CHUNK groups per row are drawn at once from the row's own generator
-            self.u_all = torch.zeros(B, self.CHUNK, 1 + self.st.S * C, device=dev)
-            self.u_rows = [self.u_all[b] for b in range(B)]
-            self.u = self.u_all[:, 0]
-        self.st.prefill(grid, valid)
+        self.gate = torch.zeros(B, 1, dtype=torch.bool, device=dev)
+        self._gate_host = None
+        sampling = any(r is not None and r.gen is not None for r in live)
+        self.u = torch.zeros(B, 1 + self.lm.config.local_steps * self.C, device=dev) if sampling else None
+        self.pick = _Pick(self.local_sampler, self.lm.delay_plan(dev), self.u, self.C)
+        self.advance = torch.tensor([[r is not None] for r in live], dtype=torch.long, device=dev)
+        self.live = live
+        self._dirty = False
 
-    # -------------------------------------------------------------------------------- controls
-    def cancel(self, row: int) -> None:
-        if not 0 <= row < self.B:
-            raise IndexError(f"row {row} is not in this batch of {self.B}")
-        self._cancel.add(row)
-
-    @property
-    def finished(self) -> bool:
-        return all(self.done)
-
-    def outputs(self) -> list[torch.Tensor]:
-        return [self.out[b, :, : self.G * self.count[b]] for b in range(self.B)]
-
-    # -------------------------------------------------------------------------------- one group
     def _text_ban(self) -> torch.Tensor:
-        below = [not self.done[b] and self.count[b] < self.min_new[b] for b in range(self.B)]
+        below = [r is not None and r.count < r.min_new for r in self.live]
         if not any(below):
             return self.ban
         if all(below):
             return self.ban_stop
         if below != self._gate_host:
-            self.gate.copy_(torch.tensor(below, device=self.gate.device)[:, None])
+            self.gate.copy_(torch.tensor(below, device=self.dev)[:, None])
             self._gate_host = below
         return torch.where(self.gate, self.ban_stop, self.ban)
 
-    def _local_pick(self, p, logits):
-        u = None if self.gens is None else self.u[:, 1 + p * self.C: 1 + p * self.C + logits.shape[1]]
-        return self.local_sampler(logits, self.st.fw.local_ban[p], u)
+    def _backbone_step_cache(self, live: list[_Row]):
+        keys = max(r.positions for r in live)  # the entry written now is positions - 1
+        bucket = min(self.cache.capacity, -(-keys // self.BUCKET) * self.BUCKET)
+        st = self._bsteps.get(bucket)
+        if st is None:
+            st = self._bsteps[bucket] = self.cache.step(self.lengths, bucket)
+        else:
+            st.refresh()
+        return st
 
+    # -------------------------------------------------------------------------------- one group
     def step(self) -> list[torch.Tensor | None]:
         """Generate one group for every unfinished row."""
         for r in self._cancel:
-            self.done[r] = True
+            self._finish(self.rows[r])
         self._cancel.clear()
-        if self.finished:
+        live = [r for r in self.slots if r is not None and not r.done]
+        if not live:
             raise StopIteration
-        st = self.st
-        if self.gens is not None:
-            i = self.steps % self.CHUNK
-            if i == 0:
-                for g, row in zip(self.gens, self.u_rows):
-                    row.uniform_(generator=g)
-            self.u = self.u_all[:, i]
+        if self._dirty:
+            self._rebuild()
+        lm, e = self.lm, self.empty_id
         with torch.inference_mode():
-            logits = st.text_logits()
-            ban = self._text_ban()
-            tok = self.text_sampler(logits, ban, None if self.gens is None else self.u[:, 0])
+            if self.u is not None:
+                for r in live:
+                    if r.gen is not None:
+                        self.u[r.slot].uniform_(generator=r.gen)
+            logits = lm.lm_head(self.h).float()
+            tok = self.text_sampler(logits, self._text_ban(), None if self.u is None else self.u[:, 0])
             host = tok.tolist()  # the one host sync of this group
-            speech = [t == self.empty_id for t in host]
+            speech = [t == e for t in host]
             codes = None
-            if any(s and not d for s, d in zip(speech, self.done)):
-                # argmax decoding keeps the empty-id ban in the heads' bias; samplers ban after top-p
-                codes = (st.decode(self._local_pick, ban_in_bias=False) if self.local_sampler.any_sample
-                         else st.decode(_argmax))
+            if any(speech[r.slot] for r in live):
+                codes = self._decode_fn(lm.hidden_downcast(self.h), self.pick, self.dsteps)
                 if not all(speech):
-                    codes = torch.where((tok == self.empty_id)[:, None, None], codes, st.empty_codes)
+                    codes = torch.where((tok == e)[:, None, None], codes, self.empty_codes)
         with torch.no_grad():  # the rows handed out are ordinary tensors (callers may modify them in place)
-            group = torch.empty(self.B, self.C + 1, self.G, dtype=torch.long, device=self.out.device)
+            group = torch.empty(len(self.slots), self.C + 1, self.G, dtype=torch.long, device=self.dev)
             group[:, 0] = tok[:, None]
-            group[:, 1:] = st.empty_codes[:, None] if codes is None else codes.transpose(1, 2)
-            n = self.steps  # every unfinished row has made exactly this many groups
-            self.out[:, :, n * self.G: (n + 1) * self.G] = group
-            self.steps = n + 1
-            rows = group.unbind(0)
-            results: list[torch.Tensor | None] = []
-            for b in range(self.B):
-                if self.done[b]:
-                    results.append(None)
-                    continue
-                self.count[b] = n + 1
-                results.append(rows[b])
-                if (host[b] in self.stop_ids[b] and n + 1 >= self.min_new[b]) or n + 1 >= self.max_new[b]:
-                    self.done[b] = True
-            if not self.finished:
-                st.advance(tok, speech if codes is not None else [False] * self.B)
+            group[:, 1:] = self.empty_codes[:, None] if codes is None else codes.transpose(1, 2)
+            self.steps += 1
+            groups = group.unbind(0)
+            results: list[torch.Tensor | None] = [None] * len(self.rows)
+            for r in live:
+                n = r.count
+                r.out[:, n * self.G: (n + 1) * self.G] = groups[r.slot]
+                r.count = n + 1
+                results[r.id] = groups[r.slot]
+                t = host[r.slot]
+                if (t in r.stop_ids and n + 1 >= r.min_new) or n + 1 >= r.max_new:
+                    self._finish(r)
+        if any(not r.done for r in live):
+            with torch.inference_mode():
+                if self._dirty:  # rows left: they stop advancing
+                    self._rebuild()
+                x = lm.embed_group(tok, codes, None if codes is None or all(speech) else tok == e)
+                self.h = self._backbone_fn(x, self._backbone_step_cache(live))
+                self.lengths.add_(self.advance)
         return results
+
+    def _finish(self, row: _Row) -> None:
+        if not row.done:
+            row.done = True
+            if row.slot is not None and self.slots[row.slot] is row:
+                self.slots[row.slot] = None
+            self._dirty = True
 
     def __iter__(self) -> Iterator[list[torch.Tensor | None]]:
         return self
@@ -255,19 +415,22 @@ class GenerationStream:
         return self.step()
 
 
-def stream_generate(lm, prompts, config=None, *, empty_id: int | None = None, greedy: bool = False) -> GenerationStream:
+def stream_generate(lm, prompts, config=None, *, empty_id: int | None = None, greedy: bool = False,
+                    capacity: int | None = None, compile: bool | None = None) -> GenerationStream:
     """Streaming form of :func:`generate`: iterate to get each new group per row as it is made."""
-    return GenerationStream(lm, prompts, config, empty_id=empty_id, greedy=greedy)
+    return GenerationStream(lm, prompts, config, empty_id=empty_id, greedy=greedy, capacity=capacity,
+                            compile=compile)
 
 
-def generate(lm, prompts, config=None, *, empty_id: int | None = None, greedy: bool = False) -> list[torch.Tensor]:
+def generate(lm, prompts, config=None, *, empty_id: int | None = None, greedy: bool = False,
+             compile: bool | None = None) -> list[torch.Tensor]:
     """Generate for a batch of prompt grids ``(9, 4 * groups)`` (different lengths allowed).
 
     ``config``: a :class:`GenerationConfig`, a preset name, or one per prompt. ``greedy`` forces argmax for both
-    samplers. Returns per prompt the generated columns ``(9, 4 * new_groups)``, stop group included; row 0
+    samplers; ``compile`` see :func:`step_functions`. Returns per prompt the generated columns ``(9, 4 * new_groups)``, stop group included; row 0
     repeats each group's text token in its 4 columns (SPEC §4.2).
     """
-    stream = GenerationStream(lm, prompts, config, empty_id=empty_id, greedy=greedy)
+    stream = GenerationStream(lm, prompts, config, empty_id=empty_id, greedy=greedy, compile=compile)
     while not stream.finished:
         stream.step()
     return [o.clone() for o in stream.outputs()]

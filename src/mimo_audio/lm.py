@@ -9,8 +9,9 @@ once and used at three sizes:
 
 ``MimoAudioLM.forward(grid)`` serves training and inference: it returns the text logits and the
 patch-decoder input of every group, and the training loss of SPEC §8.3 when ``labels`` are given. The
-per-group generation steps against static caches live in :mod:`mimo_audio.stepper`; they use these modules'
-weights unchanged.
+generation steps (:meth:`MimoAudioLM.prefill`, :meth:`~MimoAudioLM.backbone_step`, :meth:`~MimoAudioLM.embed_group`,
+:meth:`~MimoAudioLM.decode_patch`) run the same modules against static caches (:class:`~mimo_audio.layers.KVCache`),
+so a module swapped into the model (a LoRA or quantized ``nn.Linear``) is what generation runs.
 
 Checkpoints load through one explicit key table (:func:`key_table`): released name -> (our parameter, row
 slice). q/k/v and gate/up are fused into one matrix each at load time; the table says exactly where every
@@ -28,9 +29,9 @@ from torch import nn
 
 from . import checkpoint
 from .config import LMConfig
-from .delay import apply_delay
+from .delay import apply_delay, delay_schedule
 from .errors import PromptError
-from .layers import RMSNorm, apply_rope, rope_cos_sin, rope_inv_freq
+from .layers import KVCache, RMSNorm, rope_inv_freq, rope_signed, rope_table
 
 TEXT_WEIGHT = 100.0
 CHANNEL_WEIGHTS = (12.0, 8.0, 6.0, 4.0, 2.0, 2.0, 1.0, 1.0)
@@ -52,25 +53,27 @@ class StackConfig:
     eps: float
     causal: bool = True
     dropout: float = 0.0
+    max_positions: int = 8192  # RoPE table size: positions are 0..max_positions-1
 
 
 def backbone_config(c: LMConfig) -> StackConfig:
     return StackConfig(c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
-                       c.head_dim, c.intermediate_size, c.rope_theta, c.rms_norm_eps, causal=True)
+                       c.head_dim, c.intermediate_size, c.rope_theta, c.rms_norm_eps, causal=True,
+                       max_positions=c.max_position_embeddings)
 
 
 def decoder_config(c: LMConfig) -> StackConfig:
     """Patch decoder: ``local_*`` sizes, heads = kv heads, head_dim = local_dim / local_attn_heads (SPEC §3.1)."""
     return StackConfig(c.local_dim, c.local_layers, c.local_attn_heads, c.local_attn_heads,
                        c.local_dim // c.local_attn_heads, c.local_ffn_dim, c.rope_theta, c.rms_norm_eps,
-                       causal=True, dropout=c.local_attn_dropout)
+                       causal=True, dropout=c.local_attn_dropout, max_positions=c.local_steps)
 
 
 def encoder_config(c: LMConfig) -> StackConfig:
     """Patch encoder: ``input_local_*`` sizes, ffn = 4 x width, bidirectional when input_full_attention."""
     return StackConfig(c.input_local_dim, c.input_local_layers, c.local_attn_heads, c.local_attn_heads,
                        c.input_local_dim // c.local_attn_heads, 4 * c.input_local_dim, c.rope_theta,
-                       c.rms_norm_eps, causal=not c.input_full_attention)
+                       c.rms_norm_eps, causal=not c.input_full_attention, max_positions=c.group_size)
 
 
 # ------------------------------------------------------------------------------------------ the block
@@ -85,22 +88,23 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, s.dim, bias=False)
         self.dropout = s.dropout
 
-    def forward(self, x, cos, sin, mask=None, is_causal=False, kv_out=None):
-        """``x`` ``(B, T, D)``; ``cos``/``sin`` ``(B or 1, 1, T, hd)``; ``mask`` bool ``(B or 1, 1, T, T)``.
-
-        ``kv_out``: an optional ``(T, B, 2, kv_heads, hd)`` view of a position-major cache to receive k/v.
-        """
+    def forward(self, x, cos, sin, mask=None, is_causal=False, cache=None):
+        """``x`` ``(B, T, D)``; ``cos``/``sin`` ``(B or 1, T, 1, hd)`` (:func:`~mimo_audio.layers.rope_table`'s
+        signed form); ``mask`` bool ``(B or 1, 1, T, keys)``; ``cache``: a layer of a
+        :class:`~mimo_audio.layers.CacheStep` (its ``update(k, v)`` stores the new keys/values and returns what to
+        attend over)."""
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
-        q = apply_rope(q.view(B, T, self.heads, self.head_dim).transpose(1, 2), cos, sin)
-        k = apply_rope(k.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
-        v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-        if kv_out is not None:
-            kv_out[:, :, 0] = k.permute(2, 0, 1, 3)
-            kv_out[:, :, 1] = v.permute(2, 0, 1, 3)
+        H, KV, hd = self.heads, self.kv_heads, self.head_dim
+        qkv = self.qkv(x)
+        # RoPE on q and k together (one set of ops), then split into heads
+        qk = rope_signed(qkv[..., : self.q_size + self.kv_size].unflatten(-1, (H + KV, hd)), cos, sin)
+        q, k = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2)
+        v = qkv[..., self.q_size + self.kv_size:].unflatten(-1, (KV, hd)).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(k, v)
         p = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-                                             dropout_p=p, enable_gqa=self.kv_heads != self.heads)
+                                             dropout_p=p, enable_gqa=KV != H)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.q_size))
 
 
@@ -126,13 +130,13 @@ class Block(nn.Module):
         self.norm2 = RMSNorm(s.dim, s.eps)
         self.mlp = MLP(s)
 
-    def forward(self, x, cos, sin, mask=None, is_causal=False, kv_out=None):
-        x = x + self.attn(self.norm1(x), cos, sin, mask, is_causal, kv_out)
+    def forward(self, x, cos, sin, mask=None, is_causal=False, cache=None):
+        x = x + self.attn(self.norm1(x), cos, sin, mask, is_causal, cache)
         return x + self.mlp(self.norm2(x))
 
 
 class Stack(nn.Module):
-    """A Qwen2 model without token embedding: blocks + final RMSNorm; RoPE tables computed from positions."""
+    """A Qwen2 model without token embedding: blocks + final RMSNorm; RoPE from a table of the positions."""
 
     def __init__(self, s: StackConfig):
         super().__init__()
@@ -140,23 +144,35 @@ class Stack(nn.Module):
         self.layers = nn.ModuleList(Block(s) for _ in range(s.layers))
         self.norm = RMSNorm(s.dim, s.eps)
         self.register_buffer("inv_freq", rope_inv_freq(s.head_dim, s.rope_theta), persistent=False)
+        self._rope: dict = {}
 
     def init_buffers(self, device=None):
         self.inv_freq = rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta, device=device)
+        self._rope = {}
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype):
-        """cos/sin ``(B, 1, T, hd)`` for integer ``positions`` ``(B, T)``."""
-        cos, sin = rope_cos_sin(positions, self.inv_freq, dtype)
-        return cos[:, None], sin[:, None]
+        """cos / signed sin ``(B, T, 1, hd)`` for integer ``positions`` ``(B, T)``, looked up in a table built once
+        per device and dtype for ``cfg.max_positions`` positions."""
+        key = (self.inv_freq.device, dtype)
+        table = self._rope.get(key)
+        if table is None:
+            table = self._rope[key] = rope_table(self.cfg.max_positions, self.inv_freq, dtype)
+        cos, sin = table
+        return F.embedding(positions, cos)[:, :, None], F.embedding(positions, sin)[:, :, None]
 
-    def forward(self, x, positions, mask=None, caches=None):
+    def forward(self, x, positions, mask=None, cache=None):
         """``x`` ``(B, T, D)``, ``positions`` ``(B, T)`` or ``(1, T)``; ``mask`` bool ``(B, 1, T, T)`` or None
-        (then causal per the config); ``caches``: per-layer ``(T, B, 2, kv, hd)`` views to fill. Returns the
-        normed output."""
+        (then causal per the config); ``cache``: a :class:`~mimo_audio.layers.CacheStep` (its mask replaces
+        ``mask``). Returns the normed output."""
         cos, sin = self.rope(positions, x.dtype)
         is_causal = self.cfg.causal
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, is_causal, None if caches is None else caches[i])
+        if cache is not None:
+            mask, is_causal = cache.mask, False
+            for i, layer in enumerate(self.layers):
+                x = layer(x, cos, sin, mask, False, cache.layers[i])
+        else:
+            for layer in self.layers:
+                x = layer(x, cos, sin, mask, is_causal)
         return self.norm(x)
 
 
@@ -202,7 +218,6 @@ class MimoAudioLM(nn.Module):
         self.hidden_downcast = nn.Linear(c.hidden_size, c.local_dim, bias=False)
         self.speech_to_local = (nn.Linear(c.input_local_dim, c.local_dim, bias=True)
                                 if c.input_local_dim != c.local_dim else None)
-        self._fast = None  # derived inference weights, built by mimo_audio.stepper on first use
 
     # -------------------------------------------------------------------------------- helpers
     @property
@@ -221,24 +236,25 @@ class MimoAudioLM(nn.Module):
             raise PromptError(f"empty_id {e} is outside the text vocabulary [0, {self.config.vocab_size})")
         return int(e)
 
-    def speech_table(self) -> torch.Tensor:
-        """All channels' speech embeddings stacked ``(sum V_c, Di)`` with each channel's empty row zeroed
-        (the reference zeroes embeddings of empty ids); row ``offset_c + id``."""
-        rows = []
-        for c, emb in enumerate(self.speech_embeddings):
-            keep = torch.ones(emb.weight.shape[0], 1, dtype=emb.weight.dtype, device=emb.weight.device)
-            keep[self.config.speech_zeroemb_idx[c]] = 0
-            rows.append(emb.weight * keep)
-        return torch.cat(rows, 0)
+    def embed_speech(self, ids: torch.Tensor, *, zero_empty: bool = True) -> torch.Tensor:
+        """Sum over channels of the speech embeddings of ``ids`` ``(..., C)``; each channel's empty id contributes
+        zero (the reference zeroes those rows). ``zero_empty=False`` skips that mask for ids known not to be
+        empty (sampled codes, where the empty ids are banned)."""
+        x = torch.stack([emb(ids[..., c]) for c, emb in enumerate(self.speech_embeddings)], -2)  # (..., C, Di)
+        if zero_empty:
+            x = x * (ids != self._empty_codes(ids.device))[..., None].to(x.dtype)
+        return x.sum(-2)
 
-    def speech_offsets(self, device=None) -> torch.Tensor:
-        sizes = torch.tensor((0,) + self.config.speech_vocab_size[:-1], device=device)
-        return sizes.cumsum(0)
+    def _empty_codes(self, device) -> torch.Tensor:
+        return self._cached(("empty", device), lambda: torch.tensor(self.config.speech_zeroemb_idx, device=device))
 
-    def embed_speech(self, ids: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-        """Sum over channels of the speech embeddings of ``ids`` ``(..., C)`` (empty ids contribute zero)."""
-        table = self.speech_table() if table is None else table
-        return F.embedding(ids + self.speech_offsets(ids.device), table).sum(-2)
+    def _cached(self, key, make):
+        """Small config-derived tensors (never weights), made once per device."""
+        cache = self.__dict__.setdefault("_derived", {})
+        value = cache.get(key)
+        if value is None:
+            value = cache[key] = make()
+        return value
 
     # -------------------------------------------------------------------------------- input embedding
     def embed(self, grid: torch.Tensor, empty_id: int | None = None) -> torch.Tensor:
@@ -309,6 +325,96 @@ class MimoAudioLM(nn.Module):
         o = self.patch_decoder(inp, pos)
         return [self.local_heads[ch](o[:, d: d + self.G]) for ch, d in enumerate(c.delay_pattern)]
 
+    # -------------------------------------------------------------------------------- generation steps
+    # The engine (mimo_audio.generate) calls these with static caches; they run the same modules as forward().
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        """An empty backbone cache for ``batch`` rows of ``capacity`` positions each."""
+        s = self.backbone.cfg
+        return KVCache(s.layers, batch, s.kv_heads, capacity, s.head_dim, dtype=self.dtype, device=self.device)
+
+    def decoder_steps(self, batch: int) -> list:
+        """The patch decoder's cache for ``batch`` rows, as one :class:`~mimo_audio.layers.CacheStep` per decoder
+        step (step ``p`` writes position ``p`` and reads ``0..p``); reusable for every group."""
+        s = self.patch_decoder.cfg
+        S = self.config.local_steps
+        cache = KVCache(s.layers, batch, s.kv_heads, S, s.head_dim, dtype=self.dtype, device=self.device)
+        return [cache.step(torch.full((batch, 1), p, dtype=torch.long, device=self.device), p + 1, mask=False)
+                for p in range(S)]
+
+    def prefill(self, grid: torch.Tensor, lengths: torch.Tensor, cache: KVCache,
+                empty_id: int | None = None) -> torch.Tensor:
+        """Run the backbone over right-padded prompts ``grid`` ``[B, 9, 4N]`` (row ``b`` holds ``lengths[b]``
+        groups), filling ``cache`` (``B`` rows) at positions ``0..N-1``; returns the normed hidden state of each
+        row's last prompt group ``(B, hidden)``. Padding groups write entries that later positions overwrite."""
+        x = self.embed(grid, empty_id)
+        B, N, _ = x.shape
+        positions = torch.arange(N, device=x.device)[None].expand(B, N)
+        h = self.backbone(x, positions, cache=cache.step(positions, N))
+        return h[torch.arange(B, device=x.device), lengths.to(x.device) - 1]
+
+    def embed_group(self, text: torch.Tensor, codes: torch.Tensor | None = None,
+                    speech: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embedding ``(B, hidden)`` of one new group per row, as :meth:`embed` computes it: the text
+        embedding of ``text`` ``(B,)``, or, where ``speech`` ``(B,)`` is True (every row when None), the patch
+        encoder + ``group_downcast`` of ``codes`` ``(B, G, C)`` (sampled codes, never an empty id)."""
+        if codes is None:
+            return self.embed_tokens(text)
+        B = codes.shape[0]
+        positions = self._cached(("enc_pos", codes.device), lambda: torch.arange(self.G, device=codes.device)[None])
+        patch = self.patch_encoder(self.embed_speech(codes, zero_empty=False), positions)
+        x = self.group_downcast(patch.reshape(B, -1))
+        return x if speech is None else torch.where(speech[:, None], x, self.embed_tokens(text))
+
+    def backbone_step(self, x: torch.Tensor, step) -> torch.Tensor:
+        """One new position per row: ``x`` ``(B, hidden)`` at ``step.positions`` ``(B, 1)`` (a
+        :class:`~mimo_audio.layers.CacheStep` of a :meth:`new_cache`); returns the normed hidden state ``(B, hidden)``."""
+        return self.backbone(x[:, None], step.positions, cache=step)[:, 0]
+
+    def delay_plan(self, device) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
+        """Per decoder step: the active channels, the flat ``frame * C + channel`` index of what they emit, and the
+        ban ``(n, vmax)`` (0 / -inf at each active channel's empty id) samplers add after top-p."""
+
+        def make():
+            c = self.config
+            vmax = max(c.speech_vocab_size)
+            plan = []
+            for step in delay_schedule(c.delay_pattern, c.group_size):
+                chans = [ch for ch, _ in step]
+                flat = torch.tensor([f * self.C + ch for ch, f in step], device=device)
+                ban = torch.zeros(len(step), vmax, device=device)
+                for j, ch in enumerate(chans):
+                    ban[j, c.speech_zeroemb_idx[ch]] = float("-inf")
+                plan.append((chans, flat, ban))
+            return plan
+
+        return self._cached(("plan", device), make)
+
+    def decode_patch(self, first: torch.Tensor, pick, steps: list | None = None) -> torch.Tensor:
+        """The delayed patch decoder (SPEC §5.2): from ``first`` ``(B, local_dim)`` (``hidden_downcast`` of the
+        backbone state), ``S`` steps that each emit one token per active channel. ``pick(step, logits)`` chooses
+        them from ``logits`` ``(B, n, vmax)`` (raw head outputs of the ``n`` active channels, padded with -inf to
+        the largest vocabulary; ban the empty ids with :meth:`delay_plan`'s bans). ``steps``: a reusable
+        :meth:`decoder_steps` cache (made here when None). Returns codes ``(B, G, C)``."""
+        B = first.shape[0]
+        steps = self.decoder_steps(B) if steps is None else steps
+        plan = self.delay_plan(first.device)
+        vmax = max(self.config.speech_vocab_size)
+        codes = torch.empty(B, self.G * self.C, dtype=torch.long, device=first.device)
+        x = first[:, None]
+        last = len(plan) - 1
+        for p, (chans, flat, _ban) in enumerate(plan):
+            h = self.patch_decoder(x, steps[p].positions, cache=steps[p])[:, 0]
+            parts = []
+            for ch in chans:
+                lg = self.local_heads[ch](h)
+                parts.append(lg if lg.shape[-1] == vmax else F.pad(lg, (0, vmax - lg.shape[-1]), value=float("-inf")))
+            tok = pick(p, torch.stack(parts, 1))
+            codes.index_copy_(1, flat, tok)
+            if p < last:
+                e = torch.stack([self.speech_embeddings[ch](tok[:, j]) for j, ch in enumerate(chans)], -2).sum(-2)
+                x = (e if self.speech_to_local is None else self.speech_to_local(e))[:, None]
+        return codes.view(B, self.G, self.C)
+
     # -------------------------------------------------------------------------------- loss
     def _loss(self, out: LMOutput, labels: torch.Tensor, empty_id: int) -> None:
         G = self.G
@@ -350,6 +456,8 @@ class MimoAudioLM(nn.Module):
         """
         folder = checkpoint.resolve(path_or_hub_id)
         config = LMConfig.from_file(folder / "config.json")
+        if empty_id is None:
+            empty_id = _empty_id_of(folder)
         tensors = checkpoint.read_tensors(checkpoint.safetensors_files(folder))
         dev = checkpoint.parse_device(device)
         dt = checkpoint.parse_dtype(dtype)
@@ -360,6 +468,19 @@ class MimoAudioLM(nn.Module):
             model = cls(config, empty_id=empty_id)
         load_weights(model, tensors, device=dev, dtype=dt, source=str(folder))
         return model.eval()
+
+
+def _empty_id_of(folder) -> int | None:
+    """The ``<|empty|>`` id of the folder's ``tokenizer.json`` (None when there is no such file or token)."""
+    file = folder / "tokenizer.json"
+    if not file.is_file():
+        return None
+    try:
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(file)).token_to_id("<|empty|>")
+    except Exception:  # an unreadable tokenizer file: the id stays unknown (TextTokenizer reports the file)
+        return None
 
 
 # ------------------------------------------------------------------------------------------ key table
@@ -418,7 +539,6 @@ def load_weights(model: MimoAudioLM, tensors: dict[str, torch.Tensor], *, device
             target.copy_(tensors[key])
     for stack in (model.backbone, model.patch_encoder, model.patch_decoder):
         stack.init_buffers(dev)
-    model._fast = None
 
 
 def released_state_dict(model: MimoAudioLM) -> dict[str, torch.Tensor]:
