@@ -108,7 +108,7 @@ def test_cache_equals_no_cache():
         assert torch.allclose(lm.lm_head(h), full.text_logits[:, k - 1], atol=1e-5)
         lengths = torch.tensor([[k]])
         step = cache.step(lengths, 12)
-        plan = lm.delay_plan(lm.device)
+        sched = delay_schedule(lm.config.delay_pattern, G)
         n_speech = 0
         for n in range(k, 9):
             group = grid[:, n * G: (n + 1) * G]
@@ -116,7 +116,8 @@ def test_cache_equals_no_cache():
             codes = None
             if int(text) == EMPTY:
                 target = group[1:].T  # (G, C)
-                codes = lm.decode_patch(lm.hidden_downcast(h), lambda p, logits, t=target: t.flatten()[plan[p][1]][None])
+                codes = lm.decode_patch(lm.hidden_downcast(h), lambda p, logits, t=target: torch.stack(
+                    [t[f, ch] for ch, f in sched[p]])[None])
                 assert torch.equal(codes[0], target)
                 n_speech += 1
             step.refresh()

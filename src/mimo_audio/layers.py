@@ -47,18 +47,18 @@ def rope_table(max_positions: int, inv_freq: torch.Tensor, dtype: torch.dtype):
     return cos, torch.cat((-sin[:, :half], sin[:, half:]), -1)
 
 
-def rope_signed(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """:func:`apply_rope` with a signed sine table: ``x * cos + swap_halves(x) * signed_sin`` (fewer ops: one flip
-    instead of two slices, a negation and a concatenation; the same values).
+def rope_signed(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, out=None) -> torch.Tensor:
+    """:func:`apply_rope` with a signed sine table: ``x * cos + swap_halves(x) * signed_sin`` (three ops instead of
+    seven: one roll replaces two slices, a negation and a concatenation; the same values).
 
     >>> x = torch.randn(2, 3, 8); f = rope_inv_freq(8, 100.0); cos, sin = rope_cos_sin(torch.arange(3), f, x.dtype)
     >>> c, s = rope_table(3, f, x.dtype)
     >>> bool(torch.allclose(rope_signed(x, c, s), apply_rope(x, cos, sin), atol=1e-6))
     True
     """
-    hd = x.shape[-1]
-    swapped = x.unflatten(-1, (2, hd // 2)).flip(-2).flatten(-2)
-    return torch.addcmul(x * cos, swapped, signed_sin)
+    if out is None:
+        return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin)
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin, out=out)
 
 
 # --------------------------------------------------------------------------------------------- norms
@@ -116,89 +116,140 @@ def window_mask(
 
 
 
-# --------------------------------------------------------------------------------------------- KV cache
+# --------------------------------------------------------------------------------------------- KV caches
+# Attention hands a cache the heads of its new positions, ``(B, 2 * kv_heads + q_heads, T, head_dim)`` after RoPE
+# (rows: v, k, q); ``update(heads)`` stores what later positions need and returns ``(q, keys, values)`` to attend
+# with; ``slot`` (or None) is a buffer the heads may be written into directly. A cache step also carries the
+# attention ``mask`` for those queries (None: every key it returns is visible) and, where the positions never
+# change, the RoPE tables (``rope``).
 class KVCache:
     """Static key/value cache for every layer of one stack, written in place at a position per row.
 
-    ``k`` / ``v``: ``(layers, batch, kv_heads, capacity, head_dim)``. A row's entry ``j`` holds its position ``j``:
-    rows are independent, so a row can be (re)started at any time while the others keep running (continuous
-    batching). What a forward pass writes, and which keys each query sees, is a :class:`CacheStep` made by
-    :meth:`step`.
+    ``kv``: ``(layers, batch, 2 * kv_heads, capacity, head_dim)`` (values, then keys). A row's entry ``j`` holds its
+    position ``j``: rows are independent, so a row can be (re)started at any time while the others keep running
+    (continuous batching). What a forward pass writes, and which keys each query sees, is a :class:`CacheStep`
+    made by :meth:`step`.
     """
 
-    def __init__(self, layers: int, batch: int, kv_heads: int, capacity: int, head_dim: int, *, dtype, device):
-        shape = (layers, batch, kv_heads, capacity, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+    def __init__(self, layers: int, batch: int, q_heads: int, kv_heads: int, capacity: int, head_dim: int, *,
+                 dtype, device):
+        self.q_heads, self.kv_heads = q_heads, kv_heads
+        self.kv = torch.zeros(layers, batch, 2 * kv_heads, capacity, head_dim, dtype=dtype, device=device)
 
     @property
     def batch(self) -> int:
-        return self.k.shape[1]
+        return self.kv.shape[1]
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[3]
+        return self.kv.shape[3]
 
     @property
     def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() * 2
+        return self.kv.numel() * self.kv.element_size()
 
     def rows(self, start: int, stop: int) -> KVCache:
         """A view of rows ``start:stop`` (writes go to this cache)."""
         view = KVCache.__new__(KVCache)
-        view.k, view.v = self.k[:, start:stop], self.v[:, start:stop]
+        view.q_heads, view.kv_heads, view.kv = self.q_heads, self.kv_heads, self.kv[:, start:stop]
         return view
 
     def resized(self, batch: int, capacity: int) -> KVCache:
         """A new cache with at least this many rows and positions, holding this one's entries."""
-        L, B, H, T, D = self.k.shape
-        new = KVCache(L, max(batch, B), H, max(capacity, T), D, dtype=self.k.dtype, device=self.k.device)
-        new.k[:, :B, :, :T] = self.k
-        new.v[:, :B, :, :T] = self.v
+        L, B, H2, T, D = self.kv.shape
+        new = KVCache(L, max(batch, B), self.q_heads, H2 // 2, max(capacity, T), D, dtype=self.kv.dtype,
+                      device=self.kv.device)
+        new.kv[:, :B, :, :T] = self.kv
         return new
 
     def step(self, positions: torch.Tensor, keys: int, *, mask: bool = True) -> CacheStep:
         """A forward pass that writes the new entries at ``positions`` ``(batch, T)`` (per row; the tensor may be
-        updated in place between passes) and attends over entries ``0..keys-1``, query ``t`` of row ``b`` seeing
-        the entries at positions ``<= positions[b, t]`` (``mask=False``: every entry below ``keys``, when the
-        caller knows they are all valid)."""
+        updated in place between passes, then call :meth:`CacheStep.refresh`) and attends over entries
+        ``0..keys-1``, query ``t`` of row ``b`` seeing the entries at positions ``<= positions[b, t]``
+        (``mask=False``: every entry below ``keys``, when the caller knows they are all valid)."""
         return CacheStep(self, positions, keys, mask)
 
 
 class CacheStep:
-    """One forward pass's use of a :class:`KVCache` (see :meth:`KVCache.step`); ``layer(i).update(k, v)`` writes a
-    layer's new keys/values and returns the keys/values to attend over. ``refresh()`` recomputes the mask after the
-    positions tensor changed in place."""
+    """One forward pass's use of a :class:`KVCache` (see :meth:`KVCache.step`)."""
+
+    rope = None
 
     def __init__(self, cache: KVCache, positions: torch.Tensor, keys: int, mask: bool):
         if keys > cache.capacity:
             raise ValueError(f"{keys} keys do not fit a cache of {cache.capacity} positions")
         self.positions = positions
         B, T = positions.shape
-        _, _, H, _, D = cache.k.shape
-        index = positions.view(B, 1, T, 1).expand(B, H, T, D)
-        self.layers = [_LayerKV(cache.k[i], cache.v[i], index, keys) for i in range(cache.k.shape[0])]
+        _, _, H2, _, D = cache.kv.shape
+        index = positions.view(B, 1, T, 1).expand(B, H2, T, D)
+        self.layers = [_RowKV(cache.kv[i], index, cache.q_heads, keys) for i in range(cache.kv.shape[0])]
         self._keys = torch.arange(keys, device=positions.device) if mask else None
         self.mask = None
         self.refresh()
 
     def refresh(self) -> None:
+        """Recompute the mask after the positions changed in place."""
         if self._keys is not None:
             self.mask = (self._keys <= self.positions[:, :, None])[:, None]  # (B, 1, T, keys)
 
-    def layer(self, i: int) -> _LayerKV:
-        return self.layers[i]
+
+class _RowKV:
+    __slots__ = ("kv", "index", "kvh", "k_read", "v_read")
+    slot = None
+
+    def __init__(self, kv: torch.Tensor, index: torch.Tensor, q_heads: int, keys: int):
+        self.kv, self.index = kv, index
+        self.kvh = kvh = kv.shape[1]
+        self.v_read, self.k_read = kv[:, : kvh // 2, :keys], kv[:, kvh // 2:, :keys]
+
+    def update(self, heads: torch.Tensor):
+        self.kv.scatter_(2, self.index, heads)  # the index covers the first 2 * kv_heads heads: v and k
+        return heads[:, self.kvh:], self.k_read, self.v_read
 
 
-class _LayerKV:
-    __slots__ = ("k", "v", "index", "k_read", "v_read")
+class ScheduleCache:
+    """Cache for a stack run one position at a time over the same positions ``0..S-1`` in every row (the patch
+    decoder's steps): ``heads`` ``(layers, batch, 2 * kv_heads + q_heads, S, head_dim)`` holds v, k and q, so step
+    ``p`` stores a layer's new heads with one copy and reads fixed views. :meth:`steps` gives one cache step per
+    position, reusable for every pass."""
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor, keys: int):
-        self.k, self.v, self.index = k, v, index
-        self.k_read, self.v_read = k[:, :, :keys], v[:, :, :keys]
+    def __init__(self, layers: int, batch: int, q_heads: int, kv_heads: int, steps: int, head_dim: int, *,
+                 dtype, device):
+        self.q_heads, self.kv_heads = q_heads, kv_heads
+        self.heads = torch.zeros(layers, batch, 2 * kv_heads + q_heads, steps, head_dim, dtype=dtype, device=device)
 
-    def update(self, k: torch.Tensor, v: torch.Tensor):
-        """Write ``k``/``v`` ``(B, kv_heads, T, head_dim)`` at the step's positions; the keys/values to attend over."""
-        self.k.scatter_(2, self.index, k)
-        self.v.scatter_(2, self.index, v)
-        return self.k_read, self.v_read
+    def steps(self, rope=None) -> list[_ScheduleStep]:
+        """Step ``p`` writes position ``p`` and attends over ``0..p``; ``rope(positions)`` (optional) gives the RoPE
+        tables of each step once."""
+        L, B, _, S, _ = self.heads.shape
+        out = []
+        for p in range(S):
+            positions = torch.full((B, 1), p, dtype=torch.long, device=self.heads.device)
+            out.append(_ScheduleStep(self, positions, None if rope is None else rope(positions)))
+        return out
+
+
+class _ScheduleStep:
+    mask = None
+
+    def __init__(self, cache: ScheduleCache, positions: torch.Tensor, rope):
+        self.positions, self.rope = positions, rope
+        p = int(positions[0, 0])
+        K = cache.kv_heads
+        self.layers = [_FixedKV(h[:, :, p: p + 1], h[:, 2 * K:, p: p + 1], h[:, K: 2 * K, : p + 1], h[:, :K, : p + 1])
+                       for h in cache.heads]
+
+    def refresh(self) -> None:
+        pass
+
+
+class _FixedKV:
+    __slots__ = ("slot", "q", "k", "v")
+
+    def __init__(self, slot, q, k, v):
+        self.slot, self.q, self.k, self.v = slot, q, k, v
+
+    def update(self, heads: torch.Tensor):
+        if heads is not self.slot:  # Attention wrote straight into the slot otherwise
+            self.slot.copy_(heads)
+        return self.q, self.k, self.v

@@ -31,7 +31,7 @@ from . import checkpoint
 from .config import LMConfig
 from .delay import apply_delay, delay_schedule
 from .errors import PromptError
-from .layers import KVCache, RMSNorm, rope_inv_freq, rope_signed, rope_table
+from .layers import KVCache, RMSNorm, ScheduleCache, rope_inv_freq, rope_signed, rope_table
 
 TEXT_WEIGHT = 100.0
 CHANNEL_WEIGHTS = (12.0, 8.0, 6.0, 4.0, 2.0, 2.0, 1.0, 1.0)
@@ -78,7 +78,8 @@ def encoder_config(c: LMConfig) -> StackConfig:
 
 # ------------------------------------------------------------------------------------------ the block
 class Attention(nn.Module):
-    """GQA self-attention; q/k/v fused into one biased projection ``qkv`` (rows: q, k, v), ``o`` has no bias."""
+    """GQA self-attention; v/k/q fused into one biased projection ``qkv`` (rows: v, k, q — values and keys first, so
+    a cache stores the first ``2 * kv_heads`` heads of a position in one write), ``o`` has no bias."""
 
     def __init__(self, s: StackConfig):
         super().__init__()
@@ -89,23 +90,26 @@ class Attention(nn.Module):
         self.dropout = s.dropout
 
     def forward(self, x, cos, sin, mask=None, is_causal=False, cache=None):
-        """``x`` ``(B, T, D)``; ``cos``/``sin`` ``(B or 1, T, 1, hd)`` (:func:`~mimo_audio.layers.rope_table`'s
-        signed form); ``mask`` bool ``(B or 1, 1, T, keys)``; ``cache``: a layer of a
-        :class:`~mimo_audio.layers.CacheStep` (its ``update(k, v)`` stores the new keys/values and returns what to
-        attend over)."""
+        """``x`` ``(B, T, D)``; ``cos``/``sin`` ``(B or 1, 2 * kv_heads + heads, T, hd)`` from :meth:`Stack.rope` (the
+        value heads' rows are the identity); ``mask`` bool ``(B or 1, 1, T, keys)``; ``cache``: one layer of a cache
+        step (:mod:`mimo_audio.layers`): ``update(heads)`` stores the new positions and returns q, k, v; ``slot``
+        (or None) is where it wants the heads written."""
         B, T, _ = x.shape
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
         qkv = self.qkv(x)
-        # RoPE on q and k together (one set of ops), then split into heads
-        qk = rope_signed(qkv[..., : self.q_size + self.kv_size].unflatten(-1, (H + KV, hd)), cos, sin)
-        q, k = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2)
-        v = qkv[..., self.q_size + self.kv_size:].unflatten(-1, (KV, hd)).transpose(1, 2)
-        if cache is not None:
-            k, v = cache.update(k, v)
+        # every head (v, k, q) in one tensor; RoPE on all of them at once (the identity on the values), written
+        # straight into the cache's slot when it offers one
+        heads = qkv.view(B, H + 2 * KV, 1, hd) if T == 1 else qkv.view(B, T, H + 2 * KV, hd).transpose(1, 2)
+        heads = rope_signed(heads, cos, sin, out=None if cache is None else cache.slot)
+        if cache is None:
+            v, k, q = heads.split((KV, KV, H), 1)
+        else:
+            q, k, v = cache.update(heads)
         p = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
                                              dropout_p=p, enable_gqa=KV != H)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.q_size))
+        out = out.view(B, 1, self.q_size) if T == 1 else out.transpose(1, 2).reshape(B, T, self.q_size)
+        return self.o_proj(out)
 
 
 class MLP(nn.Module):
@@ -151,20 +155,30 @@ class Stack(nn.Module):
         self._rope = {}
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype):
-        """cos / signed sin ``(B, T, 1, hd)`` for integer ``positions`` ``(B, T)``, looked up in a table built once
-        per device and dtype for ``cfg.max_positions`` positions."""
+        """cos / signed sin ``(B, 2 * kv_heads + heads, T, hd)`` for integer ``positions`` ``(B, T)`` in the head order
+        of :class:`Attention` (v, k, q): the value heads' rows the identity (cos 1, sin 0), the others from a table
+        built once per device and dtype for ``cfg.max_positions`` positions, so one RoPE call covers every head."""
         key = (self.inv_freq.device, dtype)
         table = self._rope.get(key)
         if table is None:
-            table = self._rope[key] = rope_table(self.cfg.max_positions, self.inv_freq, dtype)
-        cos, sin = table
-        return F.embedding(positions, cos)[:, :, None], F.embedding(positions, sin)[:, :, None]
+            cos, sin = rope_table(self.cfg.max_positions, self.inv_freq, dtype)
+            table = self._rope[key] = (cos, sin, torch.ones_like(cos[:1]), torch.zeros_like(sin[:1]))
+        cos, sin, one, zero = table
+        B, T = positions.shape
+        s = self.cfg
+        rot, ident = s.heads + s.kv_heads, s.kv_heads
+        c = F.embedding(positions, cos)[:, None].expand(B, rot, T, -1)
+        n = F.embedding(positions, sin)[:, None].expand(B, rot, T, -1)
+        return (torch.cat([one.expand(B, ident, T, -1), c], 1), torch.cat([zero.expand(B, ident, T, -1), n], 1))
 
-    def forward(self, x, positions, mask=None, cache=None):
+    def forward(self, x, positions, mask=None, cache=None, rope=None):
         """``x`` ``(B, T, D)``, ``positions`` ``(B, T)`` or ``(1, T)``; ``mask`` bool ``(B, 1, T, T)`` or None
-        (then causal per the config); ``cache``: a :class:`~mimo_audio.layers.CacheStep` (its mask replaces
-        ``mask``). Returns the normed output."""
-        cos, sin = self.rope(positions, x.dtype)
+        (then causal per the config); ``cache``: a cache step (:mod:`mimo_audio.layers`; its mask replaces
+        ``mask``, its RoPE tables, when it has them, ``rope``); ``rope``: :meth:`rope` of ``positions`` made
+        beforehand. Returns the normed output."""
+        if rope is None:
+            rope = cache.rope if cache is not None and cache.rope is not None else self.rope(positions, x.dtype)
+        cos, sin = rope
         is_causal = self.cfg.causal
         if cache is not None:
             mask, is_causal = cache.mask, False
@@ -240,7 +254,8 @@ class MimoAudioLM(nn.Module):
         """Sum over channels of the speech embeddings of ``ids`` ``(..., C)``; each channel's empty id contributes
         zero (the reference zeroes those rows). ``zero_empty=False`` skips that mask for ids known not to be
         empty (sampled codes, where the empty ids are banned)."""
-        x = torch.stack([emb(ids[..., c]) for c, emb in enumerate(self.speech_embeddings)], -2)  # (..., C, Di)
+        per_channel = ids.unbind(-1)
+        x = torch.stack([emb(per_channel[c]) for c, emb in enumerate(self.speech_embeddings)], -2)  # (..., C, Di)
         if zero_empty:
             x = x * (ids != self._empty_codes(ids.device))[..., None].to(x.dtype)
         return x.sum(-2)
@@ -330,16 +345,16 @@ class MimoAudioLM(nn.Module):
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         """An empty backbone cache for ``batch`` rows of ``capacity`` positions each."""
         s = self.backbone.cfg
-        return KVCache(s.layers, batch, s.kv_heads, capacity, s.head_dim, dtype=self.dtype, device=self.device)
+        return KVCache(s.layers, batch, s.heads, s.kv_heads, capacity, s.head_dim, dtype=self.dtype,
+                       device=self.device)
 
     def decoder_steps(self, batch: int) -> list:
-        """The patch decoder's cache for ``batch`` rows, as one :class:`~mimo_audio.layers.CacheStep` per decoder
-        step (step ``p`` writes position ``p`` and reads ``0..p``); reusable for every group."""
+        """The patch decoder's cache for ``batch`` rows, one step per decoder position (step ``p`` writes position
+        ``p`` and reads ``0..p``; :class:`~mimo_audio.layers.ScheduleCache`); reusable for every group."""
         s = self.patch_decoder.cfg
-        S = self.config.local_steps
-        cache = KVCache(s.layers, batch, s.kv_heads, S, s.head_dim, dtype=self.dtype, device=self.device)
-        return [cache.step(torch.full((batch, 1), p, dtype=torch.long, device=self.device), p + 1, mask=False)
-                for p in range(S)]
+        cache = ScheduleCache(s.layers, batch, s.heads, s.kv_heads, self.config.local_steps, s.head_dim,
+                              dtype=self.dtype, device=self.device)
+        return cache.steps(lambda positions: self.patch_decoder.rope(positions, self.dtype))
 
     def prefill(self, grid: torch.Tensor, lengths: torch.Tensor, cache: KVCache,
                 empty_id: int | None = None) -> torch.Tensor:
@@ -361,7 +376,8 @@ class MimoAudioLM(nn.Module):
             return self.embed_tokens(text)
         B = codes.shape[0]
         positions = self._cached(("enc_pos", codes.device), lambda: torch.arange(self.G, device=codes.device)[None])
-        patch = self.patch_encoder(self.embed_speech(codes, zero_empty=False), positions)
+        rope = self._cached(("enc_rope", codes.device, self.dtype), lambda: self.patch_encoder.rope(positions, self.dtype))
+        patch = self.patch_encoder(self.embed_speech(codes, zero_empty=False), positions, rope=rope)
         x = self.group_downcast(patch.reshape(B, -1))
         return x if speech is None else torch.where(speech[:, None], x, self.embed_tokens(text))
 
@@ -370,50 +386,61 @@ class MimoAudioLM(nn.Module):
         :class:`~mimo_audio.layers.CacheStep` of a :meth:`new_cache`); returns the normed hidden state ``(B, hidden)``."""
         return self.backbone(x[:, None], step.positions, cache=step)[:, 0]
 
-    def delay_plan(self, device) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
-        """Per decoder step: the active channels, the flat ``frame * C + channel`` index of what they emit, and the
-        ban ``(n, vmax)`` (0 / -inf at each active channel's empty id) samplers add after top-p."""
+    def delay_plan(self, device) -> list[tuple[list[int], int, torch.Tensor]]:
+        """Per decoder step: the active channels, the logits width ``V`` (the largest active vocabulary; smaller
+        ones are padded with -inf) and the ban ``(n, V)`` (0 / -inf at each active channel's empty id) that samplers
+        add after top-p."""
 
         def make():
             c = self.config
-            vmax = max(c.speech_vocab_size)
             plan = []
             for step in delay_schedule(c.delay_pattern, c.group_size):
                 chans = [ch for ch, _ in step]
-                flat = torch.tensor([f * self.C + ch for ch, f in step], device=device)
-                ban = torch.zeros(len(step), vmax, device=device)
+                width = max(c.speech_vocab_size[ch] for ch in chans)
+                ban = torch.zeros(len(step), width, device=device)
                 for j, ch in enumerate(chans):
                     ban[j, c.speech_zeroemb_idx[ch]] = float("-inf")
-                plan.append((chans, flat, ban))
+                plan.append((chans, width, ban))
             return plan
 
         return self._cached(("plan", device), make)
+
+    def _code_order(self, device) -> torch.Tensor:
+        """Index that puts the decoder's tokens, emitted in schedule order, into ``frame * C + channel`` order."""
+
+        def make():
+            c = self.config
+            emitted = [f * self.C + ch for step in delay_schedule(c.delay_pattern, c.group_size) for ch, f in step]
+            return torch.tensor(emitted, device=device).argsort()
+
+        return self._cached(("order", device), make)
 
     def decode_patch(self, first: torch.Tensor, pick, steps: list | None = None) -> torch.Tensor:
         """The delayed patch decoder (SPEC §5.2): from ``first`` ``(B, local_dim)`` (``hidden_downcast`` of the
         backbone state), ``S`` steps that each emit one token per active channel. ``pick(step, logits)`` chooses
         them from ``logits`` ``(B, n, vmax)`` (raw head outputs of the ``n`` active channels, padded with -inf to
-        the largest vocabulary; ban the empty ids with :meth:`delay_plan`'s bans). ``steps``: a reusable
+        the largest active vocabulary; ban the empty ids with :meth:`delay_plan`'s bans). ``steps``: a reusable
         :meth:`decoder_steps` cache (made here when None). Returns codes ``(B, G, C)``."""
         B = first.shape[0]
         steps = self.decoder_steps(B) if steps is None else steps
         plan = self.delay_plan(first.device)
-        vmax = max(self.config.speech_vocab_size)
-        codes = torch.empty(B, self.G * self.C, dtype=torch.long, device=first.device)
-        x = first[:, None]
+        x = first[:, None]  # (B, 1, local_dim) throughout
         last = len(plan) - 1
-        for p, (chans, flat, _ban) in enumerate(plan):
-            h = self.patch_decoder(x, steps[p].positions, cache=steps[p])[:, 0]
+        emitted = []
+        for p, (chans, width, _ban) in enumerate(plan):
+            h = self.patch_decoder(x, steps[p].positions, cache=steps[p])
             parts = []
             for ch in chans:
-                lg = self.local_heads[ch](h)
-                parts.append(lg if lg.shape[-1] == vmax else F.pad(lg, (0, vmax - lg.shape[-1]), value=float("-inf")))
-            tok = pick(p, torch.stack(parts, 1))
-            codes.index_copy_(1, flat, tok)
+                lg = self.local_heads[ch](h)  # (B, 1, V_c)
+                parts.append(lg if lg.shape[-1] == width else F.pad(lg, (0, width - lg.shape[-1]), value=float("-inf")))
+            tok = pick(p, parts[0] if len(parts) == 1 else torch.cat(parts, 1))
+            emitted.append(tok)
             if p < last:
-                e = torch.stack([self.speech_embeddings[ch](tok[:, j]) for j, ch in enumerate(chans)], -2).sum(-2)
-                x = (e if self.speech_to_local is None else self.speech_to_local(e))[:, None]
-        return codes.view(B, self.G, self.C)
+                ids = (tok,) if len(chans) == 1 else tok.split(1, 1)
+                e = [self.speech_embeddings[ch](ids[j]) for j, ch in enumerate(chans)]  # (B, 1, Di) each
+                e = e[0] if len(e) == 1 else torch.stack(e, -2).sum(-2)
+                x = e if self.speech_to_local is None else self.speech_to_local(e)
+        return torch.cat(emitted, 1).index_select(1, self._code_order(first.device)).view(B, self.G, self.C)
 
     # -------------------------------------------------------------------------------- loss
     def _loss(self, out: LMOutput, labels: torch.Tensor, empty_id: int) -> None:
@@ -489,9 +516,10 @@ def _stack_keys(table: dict, ours: str, theirs: str, s: StackConfig) -> None:
     for i in range(s.layers):
         a, b = f"{theirs}.layers.{i}", f"{ours}.layers.{i}"
         for kind in ("weight", "bias"):
-            table[f"{a}.self_attn.q_proj.{kind}"] = (f"{b}.attn.qkv.{kind}", slice(0, q))
-            table[f"{a}.self_attn.k_proj.{kind}"] = (f"{b}.attn.qkv.{kind}", slice(q, q + kv))
-            table[f"{a}.self_attn.v_proj.{kind}"] = (f"{b}.attn.qkv.{kind}", slice(q + kv, q + 2 * kv))
+            # fused rows: v, k, q (see Attention)
+            table[f"{a}.self_attn.v_proj.{kind}"] = (f"{b}.attn.qkv.{kind}", slice(0, kv))
+            table[f"{a}.self_attn.k_proj.{kind}"] = (f"{b}.attn.qkv.{kind}", slice(kv, 2 * kv))
+            table[f"{a}.self_attn.q_proj.{kind}"] = (f"{b}.attn.qkv.{kind}", slice(2 * kv, 2 * kv + q))
         table[f"{a}.self_attn.o_proj.weight"] = (f"{b}.attn.o_proj.weight", None)
         table[f"{a}.mlp.gate_proj.weight"] = (f"{b}.mlp.gate_up.weight", slice(0, f))
         table[f"{a}.mlp.up_proj.weight"] = (f"{b}.mlp.gate_up.weight", slice(f, 2 * f))
