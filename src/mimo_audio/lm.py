@@ -234,13 +234,14 @@ class MimoAudioLM(nn.Module):
                                 if c.input_local_dim != c.local_dim else None)
 
     # -------------------------------------------------------------------------------- helpers
+    # the text embedding's weight: embeddings are never swapped (adapters and quantization wrap the Linears)
     @property
     def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
+        return self.embed_tokens.weight.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.lm_head.weight.device
+        return self.embed_tokens.weight.device
 
     def resolve_empty_id(self, empty_id: int | None) -> int:
         e = self.empty_id if empty_id is None else empty_id
