@@ -131,23 +131,32 @@ class FakeBackend:
 
 class FakeStream:
     def __init__(self, backend: FakeBackend, requests: list[FakeRequest]):
-        self.backend, self.requests = backend, requests
+        self.backend, self.requests = backend, list(requests)
         self._cancelled: set[int] = set()
+        self._start: list[int] = [0] * len(self.requests)  # the step each request joined at
+        self._step = 0
+
+    def add(self, request: FakeRequest) -> int:
+        """Continuous batching like RequestStream.add: the request starts at the next step."""
+        self.requests.append(request)
+        self._start.append(self._step + 1)
+        return len(self.requests) - 1
 
     def cancel(self, index: int) -> None:
         self._cancelled.add(index)
         self.backend.cancelled.append(index)
 
     def __iter__(self):
-        n = len(self.requests)
-        texts = [[] for _ in range(n)]
-        audios = [[] for _ in range(n)]
-        for step in range(max(r.steps for r in self.requests)):
+        texts, audios = {}, {}
+        while any(self._step - s < r.steps for s, r in zip(self._start, self.requests)):
             if self.backend.step_s:
                 time.sleep(self.backend.step_s)
-            for i, r in enumerate(self.requests):
-                if i in self._cancelled or step >= r.steps:
+            for i, r in enumerate(list(self.requests)):
+                step = self._step - self._start[i]
+                if i in self._cancelled or not 0 <= step < r.steps:
                     continue
+                texts.setdefault(i, [])
+                audios.setdefault(i, [])
                 speech = r.task == "speak" or (r.task == "chat" and r.kwargs.get("reply") == "speech")
                 text = (" " if step else "") + f"w{step}" if r.task != "speak" or step == 0 else ""
                 audio = None
@@ -162,3 +171,4 @@ class FakeStream:
                     reply = FakeReply("".join(texts[i]), torch.cat(audios[i]) if audios[i] else None,
                                       self.backend.sample_rate, None, "length", 10, r.steps)
                 yield i, FakePiece(text, audio, done, reply, i)
+            self._step += 1

@@ -607,8 +607,39 @@ def test_concurrent_requests_are_batched():
         assert results == [200] * 6
         text = httpx.get(srv.url + "/metrics").text
         batches = _metric(text, "mimo_audio_batch_size_count")
-        assert _metric(text, "mimo_audio_batch_size_sum") == 6 and batches < 6  # some batch held > 1 request
-        assert max(fake.batches) > 1
+        joined = _metric(text, "mimo_audio_requests_joined_total")
+        assert _metric(text, "mimo_audio_batch_size_sum") + joined == 6 and batches < 6  # batches held > 1 request
+        assert max(fake.batches) > 1 or joined > 0
+
+
+def test_a_request_joins_the_running_batch():
+    """Continuous batching: a request that arrives while a batch runs gets its first piece before that batch's
+    first request finishes (it does not wait for the batch to end)."""
+    fake = FakeBackend(step_s=0.1)
+    settings = ServerSettings(max_batch=4, batch_window_s=0.0, queue_size=8)
+    with LiveServer(create_app(fake, settings)) as srv:
+        times = {}
+
+        def one(name, delay):
+            time.sleep(delay)
+            with httpx.Client(base_url=srv.url, timeout=30) as c:
+                body = {"model": MODEL, "max_tokens": 8, "stream": True,
+                        "messages": [{"role": "user", "content": name}]}
+                with c.stream("POST", "/v1/chat/completions", json=body) as r:
+                    assert r.status_code == 200
+                    for line in r.iter_lines():
+                        if line.startswith("data:") and '"content"' in line:
+                            times.setdefault((name, "first"), time.monotonic())
+                    times[(name, "end")] = time.monotonic()
+
+        threads = [threading.Thread(target=one, args=("a", 0.0)), threading.Thread(target=one, args=("b", 0.3))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert times[("b", "first")] < times[("a", "end")]
+        assert fake.batches == [1]  # one engine batch: b joined it
+        assert _metric(httpx.get(srv.url + "/metrics").text, "mimo_audio_requests_joined_total") == 1
 
 
 def test_queue_full_gives_429_with_retry_after():

@@ -1,9 +1,11 @@
 """The batch core's data and runner: requests, results, and the loop that streams them out of the generator.
 
 :class:`TaskRequest` is what :meth:`MimoAudio.prepare <mimo_audio.pipeline.MimoAudio.prepare>` makes;
-:class:`RequestStream` runs a list of them as one generation batch, parses each row's new groups into text
-deltas and speech codes as they arrive, decodes speech (whole at the end, or piece by piece through the codec's
-streaming decoder), and yields :class:`Piece` objects ending with one ``done`` piece carrying the :class:`Reply`.
+:class:`RequestStream` runs them as one generation batch over the parts in an :class:`Engine` (the LM, the codec,
+the text tokenizer; it knows nothing of the facade), parses each row's new groups into text deltas and speech
+codes as they arrive, decodes speech (whole at the end, or piece by piece through the codec's streaming decoder),
+and yields :class:`Piece` objects ending with one ``done`` piece carrying the :class:`Reply`. Requests can join a
+running stream (:meth:`RequestStream.add`): they start at the next group.
 """
 
 from __future__ import annotations
@@ -11,17 +13,36 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .errors import MimoAudioError, PromptError
-from .output import split_thinking
-
-if TYPE_CHECKING:
-    from .pipeline import MimoAudio
+from .output import OutputParser, split_thinking
 
 SAMPLE_RATE = 24000
+
+
+@dataclass(frozen=True)
+class Engine:
+    """The parts a :class:`RequestStream` runs on: the LM, the audio tokenizer (codec), the LM's text tokenizer,
+    the streaming decoder's settings (code frames per decoder run, left context and lookahead in code frames,
+    SPEC §2.7), and whether the step functions are compiled (:func:`mimo_audio.generate.step_functions`)."""
+
+    lm: Any
+    codec: Any
+    text: Any
+    stream_chunk_frames: int = 20
+    stream_left_context: int = 250
+    stream_lookahead: int = 40
+    compile: bool | None = None
+
+    @property
+    def sample_rate(self) -> int:
+        return int(getattr(self.codec, "sample_rate", SAMPLE_RATE))
+
+    def parser(self, req: TaskRequest) -> OutputParser:
+        return OutputParser(self.text, self.lm.config, stop_ids=req.config.stop_ids, audio_open=req.span_open)
 
 
 # ================================================================================================ results
@@ -156,6 +177,11 @@ class _ChunkedDecoder:
         return [] if piece is None else [piece]
 
 
+def _check_request(i: int, r: Any) -> None:
+    if not isinstance(r, TaskRequest):
+        raise PromptError(f"request {i} is a {type(r).__name__}; make requests with MimoAudio.prepare()")
+
+
 def _cat(pieces: list[torch.Tensor]) -> torch.Tensor | None:
     pieces = [p.detach().float().cpu() for p in pieces if p is not None and p.numel()]
     if not pieces:
@@ -166,13 +192,13 @@ def _cat(pieces: list[torch.Tensor]) -> torch.Tensor | None:
 class _Row:
     """Per-request state of a running batch: output parser, audio decoder, limits."""
 
-    def __init__(self, mimo: MimoAudio, req: TaskRequest, decode: str):
+    def __init__(self, engine: Engine, req: TaskRequest, decode: str):
         self.req = req
-        self.parser = mimo.prompts.parser(stop_ids=req.config.stop_ids, audio_open=req.span_open)
+        self.parser = engine.parser(req)
         self.decoder = None
         if req.audio_out and decode == "stream":
-            self.decoder = _ChunkedDecoder(mimo.codec, mimo.stream_left_context, mimo.stream_lookahead,
-                                        mimo.stream_chunk_frames)
+            self.decoder = _ChunkedDecoder(engine.codec, engine.stream_left_context, engine.stream_lookahead,
+                                           engine.stream_chunk_frames)
         self.frames = 0
         self.audio: list[torch.Tensor] = []
         self.finished = False
@@ -193,30 +219,40 @@ class _Row:
 
 
 class RequestStream:
-    """A running batch of :class:`TaskRequest`: iterate for ``(index, Piece)``; :meth:`cancel` stops one request.
+    """A running batch of :class:`TaskRequest`: iterate for ``(index, Piece)``; :meth:`cancel` stops one request,
+    :meth:`add` admits one more into the running batch.
 
-    Made by :meth:`MimoAudio.stream` (and used by :meth:`MimoAudio.run`). Each request ends with exactly one
-    piece with ``done=True`` whose ``reply`` is the complete :class:`Reply`.
+    Made by :meth:`MimoAudio.stream` (and used by :meth:`MimoAudio.run`) from an :class:`Engine`. Each request
+    ends with exactly one piece with ``done=True`` whose ``reply`` is the complete :class:`Reply`.
     """
 
-    def __init__(self, mimo: MimoAudio, requests: Sequence[TaskRequest], *, decode: str = "stream",
-                 emit: bool = True):
+    def __init__(self, engine: Engine, requests: Sequence[TaskRequest], *, decode: str = "stream",
+                 emit: bool = True, capacity: int | None = None):
         from .generate import stream_generate
 
         requests = list(requests)
         if not requests:
             raise PromptError("no requests to run")
         for i, r in enumerate(requests):
-            if not isinstance(r, TaskRequest):
-                raise PromptError(f"request {i} is a {type(r).__name__}; make requests with MimoAudio.prepare()")
-        self.mimo = mimo
+            _check_request(i, r)
+        self.engine = engine
         self.requests = requests
         self.decode = decode
         self.emit = emit
-        self.rows = [_Row(mimo, r, decode) for r in requests]
-        self._gen = stream_generate(mimo.lm, [r.grid for r in requests], [r.config for r in requests],
-                                    empty_id=mimo.ids.empty)
+        self.rows = [_Row(engine, r, decode) for r in requests]
+        self._gen = stream_generate(engine.lm, [r.grid for r in requests], [r.config for r in requests],
+                                    empty_id=engine.text.ids.empty, capacity=capacity, compile=engine.compile)
         self._iter: Iterator | None = None
+
+    def add(self, request: TaskRequest) -> int:
+        """Admit ``request`` into the running batch (it makes its first group at the next step); returns its index."""
+        _check_request(len(self.requests), request)
+        if self._gen is None:
+            raise MimoAudioError("this stream is closed; start a new one")
+        index = self._gen.add(request.grid, request.config)
+        self.requests.append(request)
+        self.rows.append(_Row(self.engine, request, self.decode))
+        return index
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -245,8 +281,8 @@ class RequestStream:
         while gen is not None and not all(r.finished for r in self.rows):
             try:
                 step = gen.step()
-            except StopIteration:
-                break
+            except StopIteration:  # every row the engine knows has ended; rows added meanwhile go on next step
+                step = [None] * len(self.rows)
             live = [i for i, g in enumerate(step) if g is not None and not self.rows[i].finished]
             host = {}
             if live:  # one device->host copy for the whole step, then split into rows
@@ -305,10 +341,11 @@ class RequestStream:
             if row.decoder is not None:
                 wav = _cat(row.audio)
             elif codes_all.shape[0]:
-                wav = self.mimo.codec.decode(codes_all.to(self.mimo.codec.device)).detach().float().cpu()
+                codec = self.engine.codec
+                wav = codec.decode(codes_all.to(codec.device)).detach().float().cpu()
             if wav is None:
                 wav = torch.zeros(0)
-        reply = Reply(text=out.text, audio=wav, sample_rate=self.mimo.sample_rate,
+        reply = Reply(text=out.text, audio=wav, sample_rate=self.engine.sample_rate,
                       codes=codes_all if req.audio_out else None, finish_reason=reason, task=req.task,
                       prompt_tokens=req.prompt_groups, new_tokens=out.groups)
         return Piece(text=last.text if self.emit else "", audio=tail if self.emit else None, done=True,

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .batch import SAMPLE_RATE, Piece, Reply, RequestStream, Speech, TaskRequest
+from .batch import SAMPLE_RATE, Engine, Piece, Reply, RequestStream, Speech, TaskRequest
 from .checkpoint import INSTRUCT_ID, TOKENIZER_ID
 from .errors import AudioInputError, MimoAudioError, PromptError, is_int
 
@@ -77,7 +77,9 @@ class MimoAudio:
 
     Args:
         stream_chunk_frames: code frames gathered before the streaming decoder runs (latency vs. cost);
-        stream_left_context / stream_lookahead: the streaming decoder's windows in code frames (SPEC §2.7).
+        stream_left_context / stream_lookahead: the streaming decoder's windows in code frames (SPEC §2.7);
+        compile: wrap the generation step functions with ``torch.compile`` (CUDA graphs on CUDA); None reads
+            ``MIMO_AUDIO_COMPILE`` (default off). Eager and compiled give the same tokens.
     """
 
     def __init__(
@@ -89,7 +91,10 @@ class MimoAudio:
         stream_chunk_frames: int = 20,
         stream_left_context: int = 250,
         stream_lookahead: int = 40,
+        compile: bool | None = None,
     ):
+        from .generate import compile_enabled
+
         self.lm = lm
         self.codec = codec
         self.text = text_tokenizer
@@ -97,6 +102,13 @@ class MimoAudio:
         self.stream_chunk_frames = int(stream_chunk_frames)
         self.stream_left_context = int(stream_left_context)
         self.stream_lookahead = int(stream_lookahead)
+        self.compile = compile_enabled(compile)
+
+    @property
+    def engine(self) -> Engine:
+        """The parts the batch core runs on (:class:`~mimo_audio.batch.Engine`)."""
+        return Engine(self.lm, self.codec, self.text, self.stream_chunk_frames, self.stream_left_context,
+                      self.stream_lookahead, self.compile)
 
     # ------------------------------------------------------------------------------------ loading
     @classmethod
@@ -111,7 +123,7 @@ class MimoAudio:
         """Load the LM (and its text tokenizer) from ``model`` and the audio tokenizer from ``tokenizer``.
 
         Both are hub ids or local folders. ``device`` defaults to CUDA when available; ``dtype`` to the
-        checkpoint's. ``options`` go to the constructor (streaming windows).
+        checkpoint's. ``options`` go to the constructor (streaming windows, ``compile=``).
         """
         from .checkpoint import parse_device, parse_dtype, resolve
         from .codec import AudioTokenizer
@@ -379,18 +391,19 @@ class MimoAudio:
         if decode not in ("whole", "stream"):
             raise MimoAudioError(f"decode must be 'whole' or 'stream', got {decode!r}")
         replies: list[Reply | None] = [None] * len(requests)
-        for index, piece in RequestStream(self, requests, decode=decode, emit=False):
+        for index, piece in RequestStream(self.engine, requests, decode=decode, emit=False):
             if piece.done:
                 replies[index] = piece.reply
         return replies  # type: ignore[return-value]
 
-    def stream(self, requests: Sequence[TaskRequest]) -> RequestStream:
+    def stream(self, requests: Sequence[TaskRequest], *, capacity: int | None = None) -> RequestStream:
         """Run prepared requests as one batch, streaming: iterate to get ``(index, Piece)`` as pieces are made.
 
         Audio pieces come from the codec's streaming decoder; the last piece of each request has
-        ``done=True`` and the complete :class:`Reply`. ``cancel(index)`` stops one request.
+        ``done=True`` and the complete :class:`Reply`. ``cancel(index)`` stops one request; ``add(request)``
+        admits another into the running batch (``capacity``: slots allocated up front).
         """
-        return RequestStream(self, requests, decode="stream", emit=True)
+        return RequestStream(self.engine, requests, decode="stream", emit=True, capacity=capacity)
 
     # ------------------------------------------------------------------------------------ task methods
     def _one_or_list(self, requests: list[TaskRequest], batched: bool, *, kind=None):

@@ -5,8 +5,9 @@ request, waits up to ``window_s`` for more (up to ``max_batch``), and runs them 
 batch; every (index, piece) it yields is handed to that request's asyncio queue on the event loop. A request
 whose client went away, or whose deadline passed, has its row cancelled with ``RequestStream.cancel(index)``.
 
-Batches are static: a request arriving while a batch runs waits for the next batch (the engine's stream takes a
-fixed list of requests).
+Batching is continuous when the backend's stream can take more rows (``stream.add(request) -> index``, as
+:class:`mimo_audio.batch.RequestStream` does): a request that arrives while a batch runs joins it at the next
+group, up to ``max_batch`` rows at once, instead of waiting for the batch to end.
 """
 
 from __future__ import annotations
@@ -168,6 +169,38 @@ class Batcher:
             if live:
                 self._run_batch(live)
 
+    def _admit(self, stream, jobs: list[Job], done: set[int], stopped: set[int]) -> None:
+        """Move waiting jobs into the running stream while it has fewer than ``max_batch`` live rows."""
+        m = self.metrics
+        while len(jobs) - len(done) - len(stopped) < self.max_batch:
+            try:
+                job = self._q.get_nowait()
+            except queue.Empty:
+                return
+            self.release()
+            now = time.monotonic()
+            if job.cancelled:
+                m.cancelled.inc(reason=job.cancel_reason or "client")
+                job._push(_END)
+                continue
+            if now > job.deadline:
+                m.cancelled.inc(reason="timeout")
+                job._push(JobTimeout(job.timeout_s))
+                continue
+            try:
+                index = stream.add(job.request)
+            except Exception:
+                log.exception("could not add a request to the running batch")
+                m.errors.inc()
+                job._push(EngineError())
+                continue
+            if index != len(jobs):
+                raise RuntimeError(f"the stream numbered a joining request {index}, expected {len(jobs)}")
+            jobs.append(job)
+            m.queue_wait.observe(now - job.t_admit)
+            m.joined.inc()
+            m.running.set(len(jobs) - len(done) - len(stopped))
+
     def _run_batch(self, jobs: list[Job]) -> None:
         m = self.metrics
         start = time.monotonic()
@@ -180,7 +213,10 @@ class Batcher:
         stopped: set[int] = set()
         try:
             stream = self.backend.stream([job.request for job in jobs])
+            joinable = callable(getattr(stream, "add", None))
             for index, piece in stream:
+                if joinable:
+                    self._admit(stream, jobs, done, stopped)
                 job = jobs[index]
                 if index not in stopped and index not in done:
                     if job.t_first is None:

@@ -116,6 +116,7 @@ class Registry:
         self.batch_size = Histogram("mimo_audio_batch_size", "Requests per engine batch.",
                                     (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64))
         self.batches = Counter("mimo_audio_batches_total", "Engine batches run.")
+        self.joined = Counter("mimo_audio_requests_joined_total", "Requests admitted into an already running batch.")
         self.queue_depth = Gauge("mimo_audio_queue_depth", "Requests admitted and waiting for a batch.")
         self.running = Gauge("mimo_audio_requests_running", "Requests in the batch now running.")
         self.rejected = Counter("mimo_audio_requests_rejected_total",
