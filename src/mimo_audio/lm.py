@@ -100,7 +100,8 @@ class Attention(nn.Module):
         # every head (v, k, q) in one tensor; RoPE on all of them at once (the identity on the values), written
         # straight into the cache's slot when it offers one
         heads = qkv.view(B, H + 2 * KV, 1, hd) if T == 1 else qkv.view(B, T, H + 2 * KV, hd).transpose(1, 2)
-        heads = rope_signed(heads, cos, sin, out=None if cache is None else cache.slot)
+        slot = None if cache is None or torch.compiler.is_compiling() else cache.slot  # out= breaks compile graphs
+        heads = rope_signed(heads, cos, sin, out=slot)
         if cache is None:
             v, k, q = heads.split((KV, KV, H), 1)
         else:
@@ -438,7 +439,9 @@ class MimoAudioLM(nn.Module):
             emitted.append(tok)
             if p < last:
                 ids = (tok,) if len(chans) == 1 else tok.split(1, 1)
-                e = [self.speech_embeddings[ch](ids[j]) for j, ch in enumerate(chans)]  # (B, 1, Di) each
+                e = []
+                for j in range(len(chans)):
+                    e.append(self.speech_embeddings[chans[j]](ids[j]))  # (B, 1, Di)
                 e = e[0] if len(e) == 1 else torch.stack(e, -2).sum(-2)
                 x = e if self.speech_to_local is None else self.speech_to_local(e)
         return torch.cat(emitted, 1).index_select(1, self._code_order(first.device)).view(B, self.G, self.C)
