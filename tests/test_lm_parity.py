@@ -65,3 +65,30 @@ def test_generate(lm, manifest, expected, empty_id, case):
     ref = expected[f"generate.{case}"]
     assert out.shape == ref.shape
     assert torch.equal(out, ref)
+
+
+def test_released_folder_gives_the_empty_id(lm, manifest, expected, tmp_path, fixture_path):
+    """A folder with tokenizer.json supplies <|empty|>: forward and generate need no empty_id; a folder without
+    one keeps the clear error."""
+    import shutil
+
+    from mimo_audio import PromptError
+
+    assert lm.empty_id == manifest["special_ids"]["<|empty|>"]
+    grid = expected[f"prompt.{manifest['forward']['prompt']}"][None]
+    with torch.no_grad():
+        assert lm(grid).text_logits.shape[1] == grid.shape[-1] // lm.config.group_size
+    spec = manifest["generate"]["stop"]
+    cfg = GenerationConfig(max_new_tokens=spec["max_new_groups"], min_new_tokens=spec.get("min_new_groups", 0),
+                           stop_ids=_stop_ids(spec, manifest, lm.config.vocab_size, lm.empty_id))
+    assert torch.equal(generate(lm, [expected[f"prompt.{spec['prompt']}"]], cfg, greedy=True)[0],
+                       expected["generate.stop"])
+    bare = tmp_path / "lm"
+    bare.mkdir()
+    for f in (fixture_path / "lm").iterdir():
+        if "tokenizer" not in f.name and "special_tokens" not in f.name:
+            shutil.copy(f, bare / f.name)
+    no_tok = MimoAudioLM.from_pretrained(bare, device="cpu")
+    assert no_tok.empty_id is None
+    with pytest.raises(PromptError, match="empty_id"):
+        no_tok(grid)
