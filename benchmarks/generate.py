@@ -44,6 +44,26 @@ def tiny_deep() -> MimoAudioLM:
     return lm.eval()
 
 
+def wide() -> MimoAudioLM:
+    """The released widths (hidden 4096, ffn 11008, 32/8 heads; patch decoder/encoder 1024 wide, 64 heads) with
+    2 backbone, 2 patch-decoder and 1 patch-encoder layers and a 4,096-id text vocabulary, in bfloat16: per-group
+    cost where the weights, not the op count, dominate."""
+    c = LMConfig(vocab_size=4096, hidden_size=4096, intermediate_size=11008, num_hidden_layers=2,
+                 num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=8192,
+                 rope_theta=640000.0, local_dim=1024, local_layers=2, local_attn_heads=64, local_ffn_dim=4096,
+                 input_local_dim=1024, input_local_layers=1)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        lm = MimoAudioLM(c)
+    lm = lm.to_empty(device="cpu").to(torch.bfloat16)
+    with torch.no_grad():
+        for p in lm.parameters():
+            p.normal_(0, 0.02)
+    for stack in (lm.backbone, lm.patch_encoder, lm.patch_decoder):
+        stack.init_buffers("cpu")
+    return lm.eval()
+
+
 def prompt(lm, groups=20):
     c = lm.config
     grid = torch.tensor([0, *c.speech_zeroemb_idx])[:, None].repeat(1, 4 * groups)
@@ -61,7 +81,7 @@ def measure(lm, batch, kind, groups, sample):
     prompts = [prompt(lm) for _ in range(batch)]
     stream = stream_generate(lm, prompts, cfg, empty_id=EMPTY, greedy=not sample)
     assert kind == "text" or stream.step()[0][0, 0].item() == EMPTY
-    for _ in range(3):  # warm up
+    for _ in range(2):  # warm up
         stream.step()
     with OpCounter() as oc:
         stream.step()
@@ -80,15 +100,21 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--groups", type=int, default=40)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--greedy-only", action="store_true", help="only the greedy rows (the engine comparison)")
+    ap.add_argument("--batches", default="1,8", help="batch sizes to measure (default 1,8)")
+    ap.add_argument("--model", choices=("tiny-deep", "wide"), default="tiny-deep",
+                    help="tiny-deep: released depths at width 64 (per-op cost); wide: released widths, few layers")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    lm = tiny_deep()
-    print(f"torch {torch.__version__}, {args.threads} thread(s), tiny-deep (36/16/6 layers, width 64), "
+    lm = tiny_deep() if args.model == "tiny-deep" else wide()
+    what = ("tiny-deep (36/16/6 layers, width 64)" if args.model == "tiny-deep"
+            else "wide (released widths, 2/2/1 layers, bfloat16)")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {what}, "
           f"load average before: {os.getloadavg()[0]:.2f}")
     print("| sampler | batch | group | ms / group (median, wall) | CPU ms / group (median, thread) | aten ops / group |")
     print("|---|---|---|---|---|---|")
-    for sample in (False, True):
-        for batch in (1, 8):
+    for sample in (False,) if args.greedy_only else (False, True):
+        for batch in (int(b) for b in args.batches.split(",")):
             for kind in ("audio", "text"):
                 ms, cpu, ops = measure(lm, batch, kind, args.groups, sample)
                 name = "default preset (sampled)" if sample else "greedy"
