@@ -208,7 +208,8 @@ function showError(view, err, fieldFor) {
   else field = fieldFor(err);
   if (field && setFieldError(field, text)) {
     if (field === "api-key-error") $("api-key").focus();
-    setStatus(view, "Not done: see the message above.", true);
+    if (field === "options-error") $("options").open = true;
+    setStatus(view, `Not done: ${field === "options-error" ? "see Options below" : "see the message by the field it concerns"}.`, true);
   } else {
     setStatus(view, text, true);
   }
@@ -350,8 +351,10 @@ function makeOutput(box) {
 
 class OutputView {
   constructor(id, label) { this.id = id; this.label = label; this.url = null; this.reset(); }
+  show() { $(this.id).classList.remove("hidden"); }
   reset() {
     this.parts = []; this.samples = 0; this.firstAudio = null; this.sources = []; this.t = 0;
+    $(this.id).classList.add("hidden"); // shown with the first audio
     $(`${this.id}-audio`).classList.add("hidden");
     $(`${this.id}-download`).classList.add("hidden");
     $(`${this.id}-info`).textContent = "";
@@ -360,7 +363,7 @@ class OutputView {
   // A streamed pcm chunk: play it right after the previous one, draw everything so far.
   push(samples, t0) {
     if (!samples.length) return;
-    if (this.firstAudio == null) this.firstAudio = (performance.now() - t0) / 1000;
+    if (this.firstAudio == null) { this.firstAudio = (performance.now() - t0) / 1000; this.show(); }
     this.parts.push(samples);
     this.samples += samples.length;
     const ctx = audioCtx();
@@ -396,6 +399,7 @@ class OutputView {
       } catch (e) { samples = new Float32Array(0); }
       this.parts = [samples]; this.samples = samples.length;
     }
+    this.show();
     if (this.url) URL.revokeObjectURL(this.url);
     this.url = URL.createObjectURL(blob);
     const player = $(`${this.id}-audio`), dl = $(`${this.id}-download`);
