@@ -443,6 +443,16 @@ def test_microphone_denied(browser, live):
 
 
 # ------------------------------------------------------------------------------------------ access, layout
+def test_page_is_self_contained():
+    """No CDN, no external fonts or scripts: the page and its files name no other host (it works offline)."""
+    app = create_app(FakeBackend(), ServerSettings())
+    with LiveServer(app) as srv:
+        for path in ("/", "/static/app.js", "/static/style.css"):
+            text = httpx.get(srv.url + path).text
+            assert len(text) > 1000
+            assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.I), f"{path} names another host"
+
+
 INTERACTIVE = "button, input, select, textarea, a[href], audio[src], canvas, summary, [role=tab]"
 
 
@@ -450,6 +460,8 @@ def test_keyboard_and_accessible_names(browser, live):
     from selenium.webdriver.common.keys import Keys
 
     _open(browser, live)
+    assert browser.execute_script(  # everything the page loaded came from this server
+        "return performance.getEntriesByType('resource').every(e => e.name.startsWith(location.origin))")
     tab = _id(browser, "tab-transcribe")
     tab.click()
     browser.switch_to.active_element.send_keys(Keys.ARROW_RIGHT)
