@@ -24,7 +24,7 @@ import pytest
 import soundfile as sf
 
 from mimo_audio.server import ServerSettings, create_app
-from server_helpers import FakeBackend, LiveServer
+from server_helpers import FakeBackend, LiveServer, wav_bytes
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 TOKENS = 12  # max new tokens for the fixture model's runs: enough for some speech, fast on the CPU
@@ -349,8 +349,21 @@ def slow():
         yield srv
 
 
-def test_errors_413_429_and_stop(browser, slow, fixture_path, clips, shots):
+def test_errors_413_429_and_stop(browser, slow, fixture_path, clips, shots, tmp_path):
     _open(browser, slow)
+    # a 400 naming a field goes beside that field: a voice clip too short for the server
+    short = tmp_path / "short.wav"
+    short.write_bytes(wav_bytes(0.05, 24000))
+    _id(browser, "tab-speak").click()
+    _id(browser, "speak-text").send_keys("Hello")
+    browser.find_element("css selector", "#view-speak details.voice summary").click()
+    _upload(browser, "speak-voice", short)
+    _run(browser, "speak", expect="Not done")
+    assert "at least 0.1 s" in _id(browser, "speak-voice-error").text
+    _id(browser, "speak-voice-clear").click()
+    assert not state_clip(browser, "speak-voice")
+    _id(browser, "tab-transcribe").click()
+
     big = fixture_path / "audio" / "long_24k.wav"
     assert big.stat().st_size > 200_000
     _upload(browser, "transcribe-clip", big)
@@ -369,7 +382,6 @@ def test_errors_413_429_and_stop(browser, slow, fixture_path, clips, shots):
     busy[1].start()  # ... and the second waits in the queue's one slot
     _wait(lambda: _queue_depth(slow) == 1, what="the queue to fill")
     _id(browser, "tab-speak").click()
-    _id(browser, "speak-text").send_keys("Hello")
     _run(browser, "speak", expect="The server is busy")
     assert "retry in 3 s" in _id(browser, "speak-status").text
     _shot(browser, shots, "errors")
@@ -384,6 +396,10 @@ def test_errors_413_429_and_stop(browser, slow, fixture_path, clips, shots):
     _wait(lambda: _id(browser, "speak-status").text.startswith("Stopped"), what="the stop")
     _wait(lambda: len(slow.backend.cancelled) > cancelled, timeout=5, what="the server to cancel the row")
     assert _id(browser, "speak-run").is_enabled() and not _id(browser, "speak-stop").is_enabled()
+
+
+def state_clip(driver, clip_id):
+    return driver.execute_script("return !!state.clips[arguments[0]]", clip_id)
 
 
 def _queue_depth(srv) -> float:
@@ -471,7 +487,11 @@ def test_keyboard_and_accessible_names(browser, live):
     assert _id(browser, "view-talk").is_displayed()
     browser.switch_to.active_element.send_keys(Keys.HOME)
     assert _id(browser, "view-transcribe").is_displayed()
-    # Tab from the tab list reaches the view's controls; Enter on a focused button presses it
+    # Ctrl+Enter runs the open view: without a clip the page says what is missing, beside the clip
+    browser.switch_to.active_element.send_keys(Keys.CONTROL, Keys.ENTER)
+    msg = _wait(lambda: _id(browser, "transcribe-clip-error").text, what="the missing-clip message")
+    assert msg.startswith("Record or choose the audio to transcribe")
+    # Enter on a focused summary opens it
     browser.find_element("css selector", "#options summary").send_keys(Keys.ENTER)
     assert _id(browser, "options").get_attribute("open") is not None
     for tab_id in ("tab-transcribe", "tab-speak", "tab-ask", "tab-talk"):

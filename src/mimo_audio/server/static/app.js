@@ -96,7 +96,8 @@ function sniff(bytes) {
     return { kind: "flac", rate: (bytes[18] << 12) | (bytes[19] << 4) | (bytes[20] >> 4), channels: ((bytes[20] >> 1) & 7) + 1 };
   }
   if (tag(0, "OggS")) return { kind: "ogg" };
-  if (tag(0, "ID3") || (bytes[0] === 0xff && (bytes[1] & 0xe0) === 0xe0)) return { kind: "mp3" };
+  // an MPEG audio frame sync with a layer set (ADTS AAC has the same sync but layer 00: the server cannot read it)
+  if (tag(0, "ID3") || (bytes[0] === 0xff && (bytes[1] & 0xe0) === 0xe0 && (bytes[1] & 0x06) !== 0)) return { kind: "mp3" };
   return { kind: "other" };
 }
 
