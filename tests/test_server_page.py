@@ -58,12 +58,25 @@ def browser(tmp_path_factory):
                  "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                  "--autoplay-policy=no-user-gesture-required"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     driver.set_page_load_timeout(30)
     try:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(autouse=True)
+def no_script_errors(request):
+    """After each browser test: the page logged no script error (refused requests are logged by Chromium as
+    failed resource loads; those are the tests' point and are left out)."""
+    yield
+    if "browser" not in request.fixturenames:
+        return
+    logs = request.getfixturevalue("browser").get_log("browser")
+    errors = [e["message"] for e in logs if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
+    assert not errors, f"script errors in the page: {errors}"
 
 
 @pytest.fixture(scope="module")
