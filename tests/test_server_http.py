@@ -218,6 +218,24 @@ def test_speech_reference_voice_and_instructions(client, fake):
     assert rate == 24000 and len(samples) == 24000  # 1 s, resampled to the model's rate on upload
 
 
+def test_speech_natural_description(client, fake):
+    text = "In a breathless young voice, say: wait for me!"
+    resp = client.post("/v1/audio/speech", json={"model": MODEL, "input": text, "natural": True, "max_new_tokens": 2})
+    assert resp.status_code == 200
+    task, kw = fake.prepared[-1]
+    assert task == "speak" and kw["natural"] is True and kw["text"] == text and "instruct" not in kw
+    err = assert_openai_error(client.post("/v1/audio/speech", json={
+        "model": MODEL, "input": text, "natural": True, "instructions": "calm"}), 400, "instructions")
+    assert "natural" in err["message"]
+
+
+def test_models_list_tasks_and_limits(client):
+    card = client.get("/v1/models").json()["data"][0]
+    assert card["tasks"] == ["transcribe", "speak", "understand", "chat"]  # the routes this app has
+    assert card["limits"]["max_upload_bytes"] == 2_000_000 and card["limits"]["max_new_tokens"] == 64
+    assert client.get(f"/v1/models/{MODEL}").json() == card
+
+
 def test_path_like_inputs_are_never_opened(client, fake, tmp_path):
     # A real, valid wav on disk: if the server ever opened a path from a request, these would succeed.
     path = tmp_path / "voice.wav"
@@ -307,6 +325,9 @@ def test_transcription_stream_sends_increments(client):
     deltas = [e["delta"] for e in events if e["type"] == "transcript.text.delta"]
     assert len(deltas) == 4 and events[-1]["type"] == "transcript.text.done"
     assert "".join(deltas) == events[-1]["text"] == "w0 w1 w2 w3"
+    # the done event carries verbose_json's segments too (one piece here: the clip is under 30 s)
+    [segment] = events[-1]["segments"]
+    assert segment["start"] == 0 and segment["end"] == 2.0 and segment["text"] == "w0 w1 w2 w3"
 
 
 @pytest.mark.parametrize("data, code", [

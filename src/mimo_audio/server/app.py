@@ -27,6 +27,10 @@ from .settings import ServerSettings
 
 log = logging.getLogger("mimo_audio.server")
 STATIC = Path(__file__).parent / "static"
+# The tasks with an endpoint (GET /v1/models lists them): transcribe = /v1/audio/transcriptions, speak =
+# /v1/audio/speech, understand and chat = /v1/chat/completions. The base model's few-shot conversion and
+# continuation have no endpoint yet; the web page shows a view only for a task named here.
+SERVED_TASKS = ("transcribe", "speak", "understand", "chat")
 
 
 def create_app(backend, settings: ServerSettings | None = None) -> FastAPI:
@@ -68,7 +72,13 @@ def create_app(backend, settings: ServerSettings | None = None) -> FastAPI:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     def model_card() -> dict:
-        return {"id": settings.model_name, "object": "model", "created": created, "owned_by": "mimo-audio"}
+        # OpenAI's four fields, plus what the web page needs to offer the right views and warn before sending:
+        # the tasks this server has an endpoint for, and its limits.
+        return {"id": settings.model_name, "object": "model", "created": created, "owned_by": "mimo-audio",
+                "tasks": list(SERVED_TASKS), "limits": {
+                    "max_upload_bytes": settings.max_upload_bytes, "max_audio_seconds": settings.max_audio_seconds,
+                    "max_text_chars": settings.max_text_chars, "max_new_tokens": settings.max_new_tokens,
+                    "max_audio_parts": settings.max_audio_parts}}
 
     @app.get("/v1/models", summary="List the served model")
     async def list_models():

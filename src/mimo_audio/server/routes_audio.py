@@ -49,7 +49,12 @@ async def create_speech(body: SpeechRequest, request: Request):
     streaming = stream_format is not None or bool(body.stream)
     fmt = check_output_format(body.response_format, stream=streaming)
     kwargs = {"text": body.input, **svc.sampling(body)}
-    if body.instructions and body.instructions.strip():
+    if body.natural:
+        if body.instructions and body.instructions.strip():
+            raise bad_request("'natural' takes the description inside 'input'; leave 'instructions' empty",
+                              "instructions")
+        kwargs["natural"] = True
+    elif body.instructions and body.instructions.strip():
         kwargs["instruct"] = body.instructions
     if body.ref_audio:
         voice = await svc.decode_b64(body.ref_audio, "ref_audio")
@@ -130,6 +135,13 @@ def _cjk(ch: str) -> bool:
     return "\u3000" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" or "\uff00" <= ch <= "\uffef"
 
 
+def _segments(bounds, texts, rate: int, temperature) -> list[dict]:
+    """verbose_json segments: one per transcribed piece, with the piece's real start and end in the input."""
+    return [{"id": i, "seek": int(s * 100 // rate), "start": round(s / rate, 3), "end": round(e / rate, 3), "text": t,
+             "tokens": [], "temperature": temperature if temperature is not None else 0.0}
+            for i, ((s, e), t) in enumerate(zip(bounds, texts))]
+
+
 @router.post("/v1/audio/transcriptions", summary="Speech to text (OpenAI-compatible)")
 async def create_transcription(
     request: Request,
@@ -173,6 +185,7 @@ async def create_transcription(
     if stream:
         async def events():
             full = ""
+            texts = []
             try:
                 for job in jobs:
                     piece_text = ""
@@ -187,7 +200,10 @@ async def create_transcription(
                             piece_text += delta
                             full += delta
                             yield event({"type": "transcript.text.delta", "delta": delta})
+                    texts.append(piece_text.strip())
+                # segments as in verbose_json (an addition to OpenAI's event: the web page's srt/vtt downloads)
                 yield event({"type": "transcript.text.done", "text": full.strip(),
+                             "segments": _segments(bounds, texts, audio.sample_rate, temperature),
                              "usage": {"type": "duration", "seconds": round(audio.seconds, 3)}})
             except ClientGone:
                 return
@@ -214,10 +230,7 @@ async def create_transcription(
         return PlainTextResponse(full + "\n")
     if fmt == "json":
         return JSONResponse({"text": full, "usage": {"type": "duration", "seconds": round(audio.seconds, 3)}})
-    rate = audio.sample_rate
-    segments = [{"id": i, "seek": int(s * 100 // rate), "start": round(s / rate, 3), "end": round(e / rate, 3), "text": t,
-                 "tokens": [], "temperature": temperature if temperature is not None else 0.0}
-                for i, ((s, e), t) in enumerate(zip(bounds, texts))]
+    segments = _segments(bounds, texts, audio.sample_rate, temperature)
     if fmt == "srt":
         return PlainTextResponse(to_srt(segments), media_type="application/x-subrip")
     if fmt == "vtt":

@@ -31,6 +31,8 @@ class SpeechRequest(Sampling):
     voice: str | dict[str, Any] | None = Field(None, description="Accepted for compatibility; MiMo has no "
                                                "named voices: use ref_audio for a reference voice")
     instructions: str | None = Field(None, description="Style instruction (instruct TTS)")
+    natural: bool | None = Field(None, description="'input' holds a natural-language description of the voice "
+                                 "followed by the words to say (natural-instruction TTS); not with 'instructions'")
     response_format: str | None = Field(None, description="wav (default), flac or pcm (24 kHz s16le mono)")
     speed: float | None = Field(None, ge=0.25, le=4.0, description="Only 1.0 is supported")
     stream_format: str | None = Field(None, description="'audio' (chunked bytes) or 'sse'")
