@@ -44,10 +44,10 @@ def tiny_deep() -> MimoAudioLM:
     return lm.eval()
 
 
-def wide() -> MimoAudioLM:
+def wide(dtype=torch.float32) -> MimoAudioLM:
     """The released widths (hidden 4096, ffn 11008, 32/8 heads; patch decoder/encoder 1024 wide, 64 heads) with
-    2 backbone, 2 patch-decoder and 1 patch-encoder layers and a 4,096-id text vocabulary, in bfloat16: per-group
-    cost where the weights, not the op count, dominate."""
+    2 backbone, 2 patch-decoder and 1 patch-encoder layers and a 4,096-id text vocabulary: per-group cost where the
+    weights, not the op count, dominate."""
     c = LMConfig(vocab_size=4096, hidden_size=4096, intermediate_size=11008, num_hidden_layers=2,
                  num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=8192,
                  rope_theta=640000.0, local_dim=1024, local_layers=2, local_attn_heads=64, local_ffn_dim=4096,
@@ -55,7 +55,7 @@ def wide() -> MimoAudioLM:
     torch.manual_seed(0)
     with torch.device("meta"):
         lm = MimoAudioLM(c)
-    lm = lm.to_empty(device="cpu").to(torch.bfloat16)
+    lm = lm.to_empty(device="cpu").to(dtype)
     with torch.no_grad():
         for p in lm.parameters():
             p.normal_(0, 0.02)
@@ -104,11 +104,12 @@ def main():
     ap.add_argument("--batches", default="1,8", help="batch sizes to measure (default 1,8)")
     ap.add_argument("--model", choices=("tiny-deep", "wide"), default="tiny-deep",
                     help="tiny-deep: released depths at width 64 (per-op cost); wide: released widths, few layers")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="for --model wide")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    lm = tiny_deep() if args.model == "tiny-deep" else wide()
+    lm = tiny_deep() if args.model == "tiny-deep" else wide(getattr(torch, args.dtype))
     what = ("tiny-deep (36/16/6 layers, width 64)" if args.model == "tiny-deep"
-            else "wide (released widths, 2/2/1 layers, bfloat16)")
+            else f"wide (released widths, 2/2/1 layers, {args.dtype})")
     print(f"torch {torch.__version__}, {args.threads} thread(s), {what}, "
           f"load average before: {os.getloadavg()[0]:.2f}")
     print("| sampler | batch | group | ms / group (median, wall) | CPU ms / group (median, thread) | aten ops / group |")
