@@ -351,3 +351,36 @@ def test_loader_truncates_over_long_examples_and_refuses_impossible_mixtures(sha
     assert sum(b.truncated for b in epoch) == 10 and {b.tokens.shape[-1] for b in epoch} == {20}
     with pytest.raises(DataError, match="no record .* can feed task"):
         Loader(shards, "chat", batch_size=2, tokenizer=object())
+
+
+def test_missing_train_extra_says_what_to_install(monkeypatch, tmp_path):
+    import sys
+
+    from mimo_audio.data import require
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
+    with pytest.raises(DataError, match=r'pip install "mimo-audio\[train\]"'):
+        require("pyarrow")
+    with pytest.raises(DataError, match="train extra"):
+        prepare(tmp_path / "m.jsonl", tmp_path / "out")
+
+
+def test_prepare_under_torchrun(tmp_path, tok_dir, fixture_path):
+    if not shutil.which("torchrun"):
+        pytest.skip("torchrun is not on PATH")
+    rows = []
+    for i in range(5):
+        shutil.copy(fixture_path / "audio" / f"speech_{i % 3}.wav", tmp_path / f"c{i}.wav")
+        rows.append({"audio": f"c{i}.wav", "text": f"clip {i}"})
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
+    out = subprocess.run(["torchrun", "--nproc-per-node", "2", "--no-python", "mimo-audio", "data", "prepare",
+                          str(manifest), "-o", str(tmp_path / "sh"), "--tokenizer", str(tok_dir), "--shard-size", "1",
+                          "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    sides = sorted((json.loads(p.read_text())["shard"], json.loads(p.read_text())["rank"])
+                   for p in (tmp_path / "sh").glob("shard-*.json"))
+    assert sides == [(0, 0), (1, 1), (2, 0), (3, 1), (4, 0)]
+    from mimo_audio.data.prepare import write_summary
+
+    assert write_summary(tmp_path / "sh")["written"] == 5
+    assert [ShardSet(tmp_path / "sh")[i].text for i in range(5)] == [f"clip {i}" for i in range(5)]

@@ -204,7 +204,6 @@ class Preparer:
         return range(k * self.shard_size, min(self.n, (k + 1) * self.shard_size))
 
     def prepare_shard(self, k: int, pool: ThreadPoolExecutor, bar) -> None:
-        pa = require("pyarrow")
         codec = self.codec
         sr = codec.sample_rate
         t0 = time.perf_counter()
@@ -237,19 +236,9 @@ class Preparer:
         records.sort(key=lambda r: r["_index"])
         for r in records:
             del r["_index"]
-        sch = schema(self.nq, sr, sr / codec.samples_per_code)
-        table = pa.Table.from_pylist(records, schema=sch)
-        name = shard_name(k, self.total)
-        with atomic_output(self.out / f"{name}.arrow") as tmp, pa.OSFile(tmp, "wb") as sink, \
-                pa.ipc.new_stream(sink, sch) as writer:
-            writer.write_table(table)
-        reasons = Counter(b["reason"] for b in bad)
-        side = {"shard": k, "items": len(self.items_of(k)), "written": len(records), "bad": len(bad),
-                "bad_by_reason": dict(reasons), "frames": int(sum(r["n_frames"] for r in records)),
-                "seconds": float(sum(r["seconds"] for r in records)), "bad_items": bad,
-                "rank": self.rank, "encode_seconds": round(time.perf_counter() - t0, 3)}
-        with atomic_output(self.out / f"{name}.json") as tmp:
-            Path(tmp).write_text(json.dumps(side, indent=1) + "\n", encoding="utf-8")
+        write_shard(self.out, k, self.total, records, bad, items=len(self.items_of(k)), num_quantizers=self.nq,
+                    sample_rate=sr, frame_rate=sr / codec.samples_per_code, rank=self.rank,
+                    encode_seconds=round(time.perf_counter() - t0, 3))
 
     def bad(self, got: _Loaded, bad: list[dict]) -> None:
         item = got.item
@@ -290,6 +279,25 @@ class Preparer:
             "n_frames": int(sum(c.shape[0] for c in codes)),
             "seconds": float(sum(w.numel() for w in got.wavs) / sr),
         }
+
+
+def write_shard(out: Path, k: int, total: int, records: list[dict], bad: list[dict], *, items: int,
+                num_quantizers: int, sample_rate: int, frame_rate: float, **info) -> None:
+    """Write shard ``k`` of ``total``: the ``.arrow`` records, then the ``.json`` sidecar that marks it done
+    (each atomically). ``records`` hold the :func:`schema` columns."""
+    pa = require("pyarrow")
+    sch = schema(num_quantizers, sample_rate, frame_rate)
+    table = pa.Table.from_pylist(records, schema=sch)
+    name = shard_name(k, total)
+    with atomic_output(out / f"{name}.arrow") as tmp, pa.OSFile(tmp, "wb") as sink, \
+            pa.ipc.new_stream(sink, sch) as writer:
+        writer.write_table(table)
+    side = {"shard": k, "items": items, "written": len(records), "bad": len(bad),
+            "bad_by_reason": dict(Counter(b["reason"] for b in bad)),
+            "frames": int(sum(r["n_frames"] for r in records)),
+            "seconds": float(sum(r["seconds"] for r in records)), "bad_items": bad, **info}
+    with atomic_output(out / f"{name}.json") as tmp:
+        Path(tmp).write_text(json.dumps(side, indent=1) + "\n", encoding="utf-8")
 
 
 def write_summary(out: str | os.PathLike) -> dict:
