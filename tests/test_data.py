@@ -78,11 +78,12 @@ def corpus(tmp_path_factory, fixture_path):
     return write_jsonl(d / "train.jsonl", rows)
 
 
-def run_prepare(manifest, out, tok_dir, **kw):
+def run_prepare(manifest, out, tok, **kw):
+    """``tok``: the fixture tokenizer's folder, or the loaded one (saves loading it per run)."""
     kw.setdefault("max_seconds", 4.0)
     kw.setdefault("shard_size", 4)
     kw.setdefault("device", "cpu")
-    return prepare(manifest, out, str(tok_dir), **kw)
+    return prepare(manifest, out, tok if hasattr(tok, "encode_loaded") else str(tok), **kw)
 
 
 # ------------------------------------------------------------------------------------------------- manifests
@@ -135,7 +136,7 @@ def test_hf_dataset_folder(tmp_path, tok_dir, codec):
     m = open_manifest(tmp_path / "hf", text_column="sentence")
     assert m.format == "hf" and len(m) == 2
     assert m[1].fields["text"] == "second one" and m[1].fields["speaker"] == "b" and m[1].fields["extra"] == {"n": 2}
-    summary = run_prepare(tmp_path / "hf", tmp_path / "out", tok_dir, text_column="sentence")
+    summary = run_prepare(tmp_path / "hf", tmp_path / "out", codec, text_column="sentence")
     assert summary["written"] == 2 and summary["bad"] == 0
     rec = ShardSet(tmp_path / "out")[1]
     assert rec.text == "second one"
@@ -158,7 +159,7 @@ def test_unknown_manifest_is_refused(tmp_path):
 
 # ------------------------------------------------------------------------------------------------- prepare
 def test_prepare_writes_codes_and_counts_bad_items(corpus, tmp_path, tok_dir, codec):
-    summary = run_prepare(corpus, tmp_path / "sh", tok_dir)
+    summary = run_prepare(corpus, tmp_path / "sh", codec)
     assert summary["complete"] and summary["shards"] == 4 and summary["items"] == 16
     assert summary["written"] == 10 and summary["bad"] == 6
     assert summary["bad_by_reason"] == {"empty": 1, "invalid entry": 2, "missing file": 1, "too long": 1,
@@ -179,13 +180,13 @@ def test_prepare_writes_codes_and_counts_bad_items(corpus, tmp_path, tok_dir, co
     assert not list((tmp_path / "sh").glob("*.part"))
 
 
-def test_prepare_chat_keeps_every_audio_part(tmp_path, tok_dir):
+def test_prepare_chat_keeps_every_audio_part(tmp_path, codec):
     tone(tmp_path / "q.wav", 0.5)
     tone(tmp_path / "r.wav", 0.9, freq=330)
     conv = [{"role": "user", "content": [{"type": "audio", "audio": "q.wav"}]},
             {"role": "assistant", "thinking": False, "content": [{"type": "text", "text": "Hi."},
                                                                  {"type": "audio", "audio": "r.wav"}]}]
-    run_prepare(write_jsonl(tmp_path / "c.jsonl", [conv]), tmp_path / "out", tok_dir)
+    run_prepare(write_jsonl(tmp_path / "c.jsonl", [conv]), tmp_path / "out", codec)
     rec = ShardSet(tmp_path / "out")[0]
     assert rec.kind == "chat" and [c.shape[0] for c in rec.codes] == [13, 23]
     assert rec.messages[1]["content"][1] == {"type": "audio", "index": 1} and rec.messages[1]["thinking"] is False
@@ -226,24 +227,24 @@ def test_prepare_resumes_after_a_kill_and_skips_finished_shards(corpus, tmp_path
         run_prepare(corpus, out, tok_dir, shard_size=5)
 
 
-def test_prepare_ranks_take_disjoint_shards(corpus, tmp_path, tok_dir, monkeypatch):
+def test_prepare_ranks_take_disjoint_shards(corpus, tmp_path, codec, monkeypatch):
     out = tmp_path / "sh"
     monkeypatch.setenv("WORLD_SIZE", "3")
     for r in (2, 0):
         monkeypatch.setenv("RANK", str(r))
-        s = run_prepare(corpus, out, tok_dir, shard_size=3)
+        s = run_prepare(corpus, out, codec, shard_size=3)
     assert not s["complete"] and s["shards"] == 6 and s["shards_done"] == 4
     sides = {json.loads(p.read_text())["shard"]: json.loads(p.read_text())["rank"] for p in out.glob("shard-*.json")}
     assert sides == {0: 0, 2: 2, 3: 0, 5: 2}
     assert ShardSet(out).missing == [1, 4]
     monkeypatch.setenv("RANK", "1")
-    s = run_prepare(corpus, out, tok_dir, shard_size=3)
+    s = run_prepare(corpus, out, codec, shard_size=3)
     assert s["complete"] and s["written"] == 10
-    ref = run_prepare(corpus, tmp_path / "one", tok_dir, shard_size=3, rank=0, world_size=1)
+    ref = run_prepare(corpus, tmp_path / "one", codec, shard_size=3, rank=0, world_size=1)
     assert {k: v for k, v in s.items() if k != "bad_items"} == {k: v for k, v in ref.items() if k != "bad_items"}
     with pytest.raises(DataError, match="not in 0"):
         monkeypatch.setenv("RANK", "3")
-        run_prepare(corpus, out, tok_dir, shard_size=3)
+        run_prepare(corpus, out, codec, shard_size=3)
     assert Preparer  # the class the docs name
 
 
@@ -291,9 +292,9 @@ def fake_example(task, rec):
 
 
 @pytest.fixture(scope="module")
-def shards(corpus, tmp_path_factory, tok_dir):
+def shards(corpus, tmp_path_factory, codec):
     out = tmp_path_factory.mktemp("shards")
-    run_prepare(corpus, out, tok_dir)
+    run_prepare(corpus, out, codec)
     return ShardSet(out)
 
 

@@ -20,6 +20,7 @@ its source and reason, listed in its shard's sidecar, counted in ``summary.json`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -139,9 +140,16 @@ class Preparer:
         self.codec = None
 
     # ------------------------------------------------------------------------------------ settings
+    def tokenizer_name(self) -> str:
+        if isinstance(self.tokenizer, (str, os.PathLike)):
+            return str(self.tokenizer)
+        # a loaded AudioTokenizer: named by its config, so reruns with the same model resume
+        digest = hashlib.sha1(repr(self.tokenizer.config).encode()).hexdigest()[:12]
+        return f"<{type(self.tokenizer).__name__} config {digest}>"
+
     def settings(self) -> dict:
         return {"schema": SCHEMA_VERSION, "manifest": self.m.name, "format": self.m.format, "items": self.n,
-                "shard_size": self.shard_size, "shards": self.total, "tokenizer": str(self.tokenizer),
+                "shard_size": self.shard_size, "shards": self.total, "tokenizer": self.tokenizer_name(),
                 "num_quantizers": self.nq, "max_seconds": self.max_seconds, "min_seconds": self.min_seconds}
 
     def check_settings(self) -> None:
@@ -167,6 +175,8 @@ class Preparer:
 
     # ------------------------------------------------------------------------------------ running
     def load_codec(self):
+        if self.codec is None and not isinstance(self.tokenizer, (str, os.PathLike)):
+            self.codec = self.tokenizer
         if self.codec is None:
             from ..checkpoint import parse_device
             from ..codec import AudioTokenizer
@@ -331,14 +341,16 @@ def write_summary(out: str | os.PathLike) -> dict:
     return summary
 
 
-def prepare(manifest, out: str | os.PathLike, tokenizer: str = "XiaomiMiMo/MiMo-Audio-Tokenizer", *,
+def prepare(manifest, out: str | os.PathLike, tokenizer="XiaomiMiMo/MiMo-Audio-Tokenizer", *,
             format: str | None = None, split: str | None = None, audio_column: str | None = None,
             text_column: str | None = None, rank: int | None = None, world_size: int | None = None,
             shard_size: int = 1000, batch_seconds: float = 600.0, max_seconds: float | None = 600.0,
             min_seconds: float = 0.1, num_quantizers: int = 8, device=None, dtype=None, workers: int = 4,
             progress: bool | None = None) -> dict:
     """Prepare this rank's shards of ``manifest`` (a path/name for :func:`open_manifest`, or a
-    :class:`Manifest`) in ``out`` and return the summary (also in ``out/summary.json``).
+    :class:`Manifest`) in ``out`` and return the summary (also in ``out/summary.json``). ``tokenizer`` is a
+    folder or hub id (loaded only if a shard is left to do) or an already loaded
+    :class:`~mimo_audio.codec.AudioTokenizer`.
 
     ``rank``/``world_size`` default to ``RANK``/``WORLD_SIZE`` (torchrun). ``batch_seconds`` of audio are
     encoded per call to the tokenizer (one padded batch); ``max_seconds`` / ``min_seconds`` bound each clip
