@@ -152,9 +152,12 @@ def test_unknown_manifest_is_refused(tmp_path):
         open_manifest(tmp_path / "missing.jsonl")
     with pytest.raises(DataError, match="unknown manifest format"):
         open_manifest(tmp_path / "missing.jsonl", format="csv")
-    (tmp_path / "latin.jsonl").write_bytes(b'{"audio": "\xe9.wav"}\n')
-    with pytest.raises(DataError, match="UTF-8"):
-        open_manifest(tmp_path / "latin.jsonl")
+    (tmp_path / "latin.jsonl").write_bytes(b'\n  \n{"audio": "\xe9.wav"}\r\n\n{"audio": "b.wav"}')
+    m = open_manifest(tmp_path / "latin.jsonl")
+    assert len(m) == 2 and "not UTF-8" in m[0].error and m[0].source == "latin.jsonl:3"
+    assert m[1].audio == [str(tmp_path / "b.wav")] and m[1].source == "latin.jsonl:5"  # no final newline
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    assert len(open_manifest(tmp_path / "empty.jsonl")) == 0
 
 
 # ------------------------------------------------------------------------------------------------- prepare

@@ -25,11 +25,14 @@ Example (run in ``tests/test_data.py``)::
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from . import DataError, require
 
@@ -151,27 +154,43 @@ class Manifest:
 
 
 class JsonlManifest(Manifest):
+    """A JSONL file read through a memory map: one pass finds the non-blank lines' byte ranges (16 bytes per
+    line), each item is decoded when asked for, so a corpus of millions of lines costs no more memory than that."""
+
+    CHUNK = 1 << 26
+
     def __init__(self, path: Path, fmt: str):
         self.path, self.format, self.name, self.base = path, fmt, str(path), path.resolve().parent
-        with open(path, "rb") as f:
-            raw = f.read()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); save the manifest as UTF-8 JSONL") from None
-        # (line number, line) of the non-blank lines; ids are line numbers so they survive edits elsewhere
-        self.lines = [(n, s) for n, s in enumerate(text.splitlines(), 1) if s.strip()]
+        with open(path, "rb") as f:  # the map outlives the file object
+            size = os.fstat(f.fileno()).st_size
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        ends = [np.flatnonzero(np.frombuffer(self._mm, np.uint8, min(self.CHUNK, size - o), o) == 10) + o
+                for o in range(0, size, self.CHUNK)]
+        ends = np.concatenate([*ends, np.array([size], np.int64)]).astype(np.int64)
+        starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+        numbers = np.arange(1, len(starts) + 1)
+        keep = ends > starts
+        short = np.flatnonzero(keep & (ends - starts < 16))  # blank lines are short: look only at those
+        for j in short:
+            keep[j] = bool(bytes(self._mm[starts[j]:ends[j]]).strip())
+        self.starts, self.ends, self.numbers = starts[keep], ends[keep], numbers[keep]
 
     def __len__(self) -> int:
-        return len(self.lines)
+        return len(self.starts)
+
+    def line(self, i: int) -> tuple[int, bytes]:
+        return int(self.numbers[i]), bytes(self._mm[int(self.starts[i]):int(self.ends[i])])
 
     def __getitem__(self, i: int) -> Item:
-        n, line = self.lines[i]
+        n, raw = self.line(i)
         source = f"{self.path.name}:{n}"
         kind = "chat" if self.format == "chat" else "pair"
         item = Item(id=f"{self.path.stem}:{n}", source=source, kind=kind)
         try:
-            obj = json.loads(line)
+            obj = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            item.error = f"not UTF-8 text (byte {exc.start} of the line); save the manifest as UTF-8"
+            return item
         except json.JSONDecodeError as exc:
             item.error = f"invalid JSON ({exc.msg} at column {exc.colno})"
             return item
