@@ -354,7 +354,97 @@ def test_loader_truncates_over_long_examples_and_refuses_impossible_mixtures(sha
     epoch = batches_of(lo, len(lo))
     assert sum(b.truncated for b in epoch) == 10 and {b.tokens.shape[-1] for b in epoch} == {20}
     with pytest.raises(DataError, match="no record .* can feed task"):
-        Loader(shards, "chat", batch_size=2, tokenizer=object())
+        Loader(shards, "chat", batch_size=2, tokenizer=text_tok())
+    with pytest.raises(DataError, match="no record -> example mapping for task"):
+        Loader(shards, "few_shot", batch_size=2, tokenizer=text_tok())
+    with pytest.raises(DataError, match="pass tokenizer="):
+        Loader(shards, "asr", batch_size=2)
+
+
+_TOK = []
+
+
+def text_tok():
+    if not _TOK:
+        from mimo_audio.tasks import demo_builder
+
+        _TOK.append(demo_builder())
+    return _TOK[0]
+
+
+def direct(task, rec, pb):
+    """The example as the task table builds it from the record's fields, without the loader."""
+    from mimo_audio.tasks import get_task
+
+    a = rec.codes[0]
+    kw = {"asr": dict(audio=a, text=rec.text, language="en"), "tts": dict(text=rec.text, audio=a),
+          "tts_instruct": dict(text=rec.text, instruct=rec.instruction, audio=a),
+          "continuation": dict(audio=a), "caption": dict(audio=a, caption=rec.caption),
+          "interleaved": dict(text=rec.text, audio=a)}[task]
+    return get_task(task).example(pb, **kw)
+
+
+def test_loader_builds_task_table_examples(shards):
+    pb = text_tok()
+    mix = "asr:1,tts:1,tts_instruct:1,continuation:0.5,caption:1,interleaved:0.5"
+    lo = Loader(shards, mix, batch_size=4, window=2, seed=3, tokenizer=pb, examples_per_epoch=40)
+    seen = set()
+    for b in batches_of(lo, len(lo)):
+        assert b.tokens.shape[0] == b.labels.shape[0] == b.attention_mask.shape[0] == len(b.ids)
+        assert b.tokens.shape[1] == 9 and b.tokens.shape[2] == 4 * b.attention_mask.shape[1]
+        for row, (task, rid, n) in enumerate(zip(b.tasks, b.ids, b.lengths)):
+            rec = shards[[shards[i].id for i in range(len(shards))].index(rid)]
+            ex = direct(task, rec, pb)
+            assert ex.groups == n
+            assert torch.equal(b.tokens[row, :, : 4 * n], ex.tokens) and torch.equal(b.labels[row, :, : 4 * n], ex.labels)
+            assert (b.labels[row, :, 4 * n:] == -100).all() and (b.tokens[row, :, 4 * n:] == 0).all()
+            seen.add(task)
+            # eligibility: instruction TTS only from records with an instruction, captions only with a caption
+            assert task != "tts_instruct" or rec.instruction
+            assert task != "caption" or rec.caption
+    assert seen == set(parse_tasks(mix))
+
+
+def test_chat_records_become_chat_examples_and_feed_the_lm(tmp_path, codec, fixture_path):
+    from mimo_audio.lm import MimoAudioLM
+    from mimo_audio.tasks import get_task
+
+    tone(tmp_path / "q.wav", 0.6)
+    tone(tmp_path / "r.wav", 1.1, freq=330)
+    spoken = {"messages": [{"role": "user", "content": [{"type": "audio", "audio": "q.wav"}]},
+                           {"role": "assistant", "content": [{"type": "text", "text": "A low tone."},
+                                                             {"type": "audio", "audio": "r.wav"}]}]}
+    thinking = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "audio", "audio": "q.wav"}, {"type": "text", "text": "What?"}]},
+                {"role": "assistant", "thinking": True, "Chain-of-thought": "It hums.", "content": "A tone."}]
+    run_prepare(write_jsonl(tmp_path / "c.jsonl", [spoken, thinking]), tmp_path / "sh", codec)
+    shards = ShardSet(tmp_path / "sh")
+    pb = text_tok()
+    lo = Loader(shards, "chat", batch_size=2, tokenizer=pb)
+    (b,) = batches_of(lo, 1)
+    q = shards[0].codes[0]
+    expect = {
+        shards[0].id: get_task("chat").example(pb, [{"role": "user", "text": None, "audio": q},
+                                                    {"role": "assistant", "text": "A low tone.",
+                                                     "audio": shards[0].codes[1]}]),
+        shards[1].id: get_task("chat").example(pb, [{"role": "system", "text": "Be brief.", "audio": None},
+                                                    {"role": "user", "text": "What?", "audio": shards[1].codes[0]},
+                                                    {"role": "assistant", "text": "A tone.", "audio": None,
+                                                     "thinking": True, "reasoning": "It hums."}]),
+    }
+    for row, rid in enumerate(b.ids):
+        ex, n = expect[rid], b.lengths[row]
+        assert torch.equal(b.tokens[row, :, : 4 * n], ex.tokens) and torch.equal(b.labels[row, :, : 4 * n], ex.labels)
+    # the batch is what MimoAudioLM.forward takes; padding changes nothing for the shorter row
+    lm = MimoAudioLM.from_pretrained(fixture_path / "lm", device="cpu")
+    empty = pb.ids.empty
+    with torch.no_grad():
+        out = lm(b.tokens, empty_id=empty, attention_mask=b.attention_mask, labels=b.labels)
+        assert torch.isfinite(out.loss)
+        short = int(torch.tensor(b.lengths).argmin())
+        n = b.lengths[short]
+        alone = lm(b.tokens[short:short + 1, :, : 4 * n], empty_id=empty)
+        torch.testing.assert_close(out.text_logits[short, :n], alone.text_logits[0], atol=1e-4, rtol=1e-4)
 
 
 def test_missing_train_extra_says_what_to_install(monkeypatch, tmp_path):

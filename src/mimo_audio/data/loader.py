@@ -230,7 +230,13 @@ class Loader:
             if missing:
                 raise DataError(f"no record -> example mapping for task(s) {', '.join(missing)}; "
                                 f"the loader knows: {', '.join(TASK_INPUTS)}")
-            self.example_fn = lambda task, rec: task_example(task, rec, self.tokenizer)
+            if self.tokenizer is None:
+                raise DataError("the loader builds examples with the text tokenizer: pass tokenizer= "
+                                "(a TextTokenizer or PromptBuilder), or example_fn=")
+            from ..tasks import builder
+
+            pb = builder(self.tokenizer)
+            self.example_fn = lambda task, rec: task_example(task, rec, pb)
             self.eligible = {t: np.flatnonzero(TASK_INPUTS[t].eligible(self.shards)) for t in self.names}
         else:
             self.eligible = {t: np.arange(len(self.shards)) for t in self.names}
