@@ -33,7 +33,6 @@ from .errors import PromptError
 from .layers import RMSNorm, apply_rope, rope_cos_sin, rope_inv_freq
 
 
-
 @dataclass(frozen=True)
 class LossWeights:
     """Weights of the training loss (SPEC §8.2-8.3): ``(text·L_text + Σ_c channels[c]·L_c) / (text + Σ channels)``;
