@@ -202,7 +202,7 @@ class Loader:
     seed: int = 0
     rank: int = 0
     world_size: int = 1
-    window: int = 32
+    window: int = 128
     max_groups: int | None = 8192
     examples_per_epoch: int | None = None
     epochs: int | None = None
@@ -279,8 +279,10 @@ class Loader:
         self._plans = {epoch: plan}  # keep one epoch's plan
         return plan
 
-    def window_batches(self, epoch: int, w: int) -> list[Batch]:
-        """The batches of window ``w`` of ``epoch``, in the order they are yielded."""
+    def window_chunks(self, epoch: int, w: int) -> list[list[tuple]]:
+        """The examples of window ``w`` of ``epoch``, grouped into batches (in the order they are yielded)
+        but not yet padded: each batch is collated only when it is handed out, so the padded tensors of one
+        batch at a time are alive (and their memory is reused) however large the window."""
         tasks, recs = self.plan(epoch)
         size = self.window * self.batch_size
         lo, hi = w * size, min(len(tasks), (w + 1) * size)
@@ -294,14 +296,19 @@ class Loader:
                 tokens, labels, cut = tokens[:, : 4 * self.max_groups], labels[:, : 4 * self.max_groups], True
             built.append((tokens.shape[1] // 4, j, name, rec.id, tokens, labels, cut))
         built.sort(key=lambda e: (e[0], e[1]))  # by length; ties in plan order (deterministic)
-        batches = []
-        for s in range(0, len(built), self.batch_size):
-            chunk = built[s: s + self.batch_size]
-            tokens, labels, mask = collate([(e[4], e[5]) for e in chunk])
-            batches.append(Batch(tokens, labels, mask, [e[2] for e in chunk], [e[3] for e in chunk],
-                                 [e[0] for e in chunk], sum(e[6] for e in chunk)))
-        order = np.random.default_rng([self.seed, epoch, 2, w]).permutation(len(batches))
-        return [batches[i] for i in order]
+        chunks = [built[s: s + self.batch_size] for s in range(0, len(built), self.batch_size)]
+        order = np.random.default_rng([self.seed, epoch, 2, w]).permutation(len(chunks))
+        return [chunks[i] for i in order]
+
+    @staticmethod
+    def batch_of(chunk: list[tuple]) -> Batch:
+        tokens, labels, mask = collate([(e[4], e[5]) for e in chunk])
+        return Batch(tokens, labels, mask, [e[2] for e in chunk], [e[3] for e in chunk], [e[0] for e in chunk],
+                     sum(e[6] for e in chunk))
+
+    def window_batches(self, epoch: int, w: int) -> list[Batch]:
+        """The batches of window ``w`` of ``epoch``, in the order they are yielded."""
+        return [self.batch_of(c) for c in self.window_chunks(epoch, w)]
 
     # ------------------------------------------------------------------------------------ iteration
     def state_dict(self) -> dict:
@@ -322,7 +329,10 @@ class Loader:
             steps = self.steps_per_epoch()
             while self.step < steps:
                 w, offset = divmod(self.step, self.window)
-                for batch in self.window_batches(self.epoch, w)[offset:]:
+                chunks = self.window_chunks(self.epoch, w)[offset:]
+                chunks.reverse()
+                while chunks:
+                    batch = self.batch_of(chunks.pop())  # the window's examples are freed as they go out
                     self.step += 1
                     yield batch
             self.epoch, self.step = self.epoch + 1, 0
