@@ -252,6 +252,26 @@ def test_table_drives_names_presets_and_limits(pb):
     assert not any(f'"{n}"' in src for n in tasks.TASKS), "generate.py names a task"
 
 
+def test_adding_a_task_is_one_entry(pb, monkeypatch):
+    """The docs' (docs/tasks.md) example entry: once in TASKS it has a prompt method, an example and a preset."""
+    from mimo_audio import tasks
+
+    def spoken_qa_prompt(pb, audio):
+        return pb.join([pb.T("[Int]:"), pb.A(audio), pb.T("\n"), pb.T("<|sostm|>")])
+
+    def spoken_qa_example(pb, audio, answer, answer_audio):
+        return tasks.Parts(pb).ctx(pb.T("[Int]:"), pb.A(audio), pb.T("\n")).sup(pb.S(answer, answer_audio)).grid()
+
+    entry = tasks.Task("spoken_qa", "qa", ("eos", "eostm"), "speech", True, "base", spoken_qa_example,
+                       spoken_qa_prompt, doc="spoken question, spoken answer", fields=("audio", "answer", "answer_audio"))
+    monkeypatch.setitem(tasks.TASKS, "spoken_qa", entry)
+    a, b = codes(pb, 9, 1), codes(pb, 7, 2)
+    prompt = pb.spoken_qa(a)
+    ex = get_task("spoken_qa").example(pb, audio=a, answer="yes", answer_audio=b)
+    assert torch.equal(ex.tokens[:, :prompt.shape[1]], prompt) and runs(ex) == [(prompt.shape[1] // 4 - 1, ex.groups)]
+    assert preset("spoken_qa").text.do_sample is False
+
+
 # ----------------------------------------------------------------------------------------------- loss
 def reference_loss(lm, tokens, labels, w: LossWeights, empty_id: int):
     """SPEC §8.3 written out: weighted text CE over shifted group labels, and the delayed teacher-forced patch

@@ -49,7 +49,7 @@ from .sampling import SamplingParams
 from .text import SpecialIds
 
 __all__ = [
-    "Task", "TokenGrid", "TASKS", "PROMPT_TASKS", "get_task", "task_spec", "stop_ids", "chat_task", "command_of", "COMMANDS",
+    "Task", "TokenGrid", "Parts", "TASKS", "PROMPT_TASKS", "get_task", "task_spec", "stop_ids", "chat_task", "command_of", "COMMANDS",
     "PRESETS", "preset", "builder", "TaskSpec", "check_examples", "detect_language", "normalize_tts_text",
     "multiple_choice", "RELEASED_LAYOUT",
 ]
@@ -218,17 +218,18 @@ class TokenGrid:
         return [bool(v) for v in (self.labels[0, :: self.group_size] != FILLER)]
 
 
-class _Parts:
-    """Collects ``(grid, supervised)`` segments and joins them into a :class:`TokenGrid`."""
+class Parts:
+    """Collects segments as context (``ctx``, labels -100) or supervised (``sup``) and joins them into a
+    :class:`TokenGrid` (``grid()``); the building block of every example builder."""
 
     def __init__(self, pb: PromptBuilder):
         self.pb, self.parts = pb, []
 
-    def ctx(self, *grids: torch.Tensor) -> _Parts:
+    def ctx(self, *grids: torch.Tensor) -> Parts:
         self.parts += [(g, False) for g in grids]
         return self
 
-    def sup(self, *grids: torch.Tensor) -> _Parts:
+    def sup(self, *grids: torch.Tensor) -> Parts:
         self.parts += [(g, True) for g in grids]
         return self
 
@@ -329,7 +330,7 @@ def _user_turn(pb, i: int, m: Mapping, system_prompt: str | None) -> list[torch.
     return parts
 
 
-def _conversation(pb, messages, system_prompt, assistant, *, final: str = "user", out: _Parts | None = None):
+def _conversation(pb, messages, system_prompt, assistant, *, final: str = "user", out: Parts | None = None):
     """The turns of a conversation. For a prompt (``out`` None) returns the grids; for an example adds user
     turns as context to ``out`` and lets ``assistant(i, message, last, out)`` add each reply."""
     msgs, system_prompt = _messages(messages, system_prompt, final=final)
@@ -371,7 +372,7 @@ def _text_reply(i, m) -> str:
     return text
 
 
-def _think_parts(pb, out: _Parts, thinking, reasoning, what: str) -> str:
+def _think_parts(pb, out: Parts, thinking, reasoning, what: str) -> str:
     """Add the think header of an assistant turn as context; return the text that opens the supervised reply
     (the chain of thought and ``\\n</think>\\n`` with thinking on, nothing otherwise).
 
@@ -393,7 +394,7 @@ def _think_parts(pb, out: _Parts, thinking, reasoning, what: str) -> str:
     return reasoning.strip() + THINK_CLOSE
 
 
-def _reply_text(pb, out: _Parts, head: str, text: str) -> None:
+def _reply_text(pb, out: Parts, head: str, text: str) -> None:
     """The supervised text of a reply: ``head`` (chain of thought) + ``text``, then ``<|im_end|>\\n``."""
     out.sup(pb.T(head + text), pb.T("<|im_end|>\n"))
 
@@ -417,7 +418,7 @@ def asr_prompt(pb, audio, *, template: str | None = None, language: str = "en") 
 def asr_example(pb, audio, text: str, *, template: str | None = None, language: str = "en") -> TokenGrid:
     """The ASR prompt (masked) + ``T(text) T("<|im_end|>\\n")`` (supervised)."""
     _nonempty(text, "the transcript", "pass the words spoken in the audio as text=")
-    out = _Parts(pb).ctx(asr_prompt(pb, audio, template=template, language=language))
+    out = Parts(pb).ctx(asr_prompt(pb, audio, template=template, language=language))
     _reply_text(pb, out, "", text)
     return out.grid()
 
@@ -442,7 +443,7 @@ def _tts_head(pb, text, voice, template, normalize):
     return [*parts, pb.T(f"<|im_start|>user\n{user}<|im_end|>\n")], text
 
 
-def _speech_response(pb, out: _Parts, head: str, text: str, audio, what: str) -> None:
+def _speech_response(pb, out: Parts, head: str, text: str, audio, what: str) -> None:
     """A spoken reply: [chain of thought] ``S(text, audio)`` ``T("<|im_end|>\\n")``, all supervised."""
     if head:
         out.sup(pb.T(head))
@@ -455,7 +456,7 @@ def tts_example(pb, text: str, audio, *, voice=None, template: str | None = None
     ``T("<|im_end|>\\n")`` (supervised; the span's ``<|sostm|>`` included). ``transcript`` defaults to the text as
     it appears in the user turn (normalised when ``normalize``)."""
     head, spoken = _tts_head(pb, text, voice, template, normalize)
-    out = _Parts(pb).ctx(*head, pb.T("<|im_start|>assistant\n"))
+    out = Parts(pb).ctx(*head, pb.T("<|im_start|>assistant\n"))
     _speech_response(pb, out, "", transcript or spoken, audio, "audio")
     return out.grid()
 
@@ -488,7 +489,7 @@ def tts_instruct_example(pb, text: str, instruct: str, audio, *, reasoning: str 
     in this format), then ``T("{reasoning}\\n</think>\\n")`` ``S(transcript, audio)`` ``T("<|im_end|>\\n")``
     (supervised). Without ``reasoning`` the supervised head is ``"\\n</think>\\n"`` (an empty thought)."""
     head, spoken = _tts_instruct_head(pb, text, instruct, voice, template, normalize)
-    out = _Parts(pb).ctx(*head, pb.T("<|im_start|>assistant\n" + THINK))
+    out = Parts(pb).ctx(*head, pb.T("<|im_start|>assistant\n" + THINK))
     _speech_response(pb, out, (reasoning or "").strip() + THINK_CLOSE, transcript or spoken, audio, "audio")
     return out.grid()
 
@@ -509,7 +510,7 @@ def tts_natural_example(pb, text: str, audio, transcript: str, *, reasoning: str
     """Natural-instruction TTS; ``transcript`` is the words actually spoken (the text also holds the description).
     Masking as :func:`tts_instruct_example`."""
     _nonempty(transcript, "transcript", "pass the words spoken in the audio (text also holds the description)")
-    out = _Parts(pb).ctx(tts_natural_prompt(pb, text, voice=voice, normalize=normalize))
+    out = Parts(pb).ctx(tts_natural_prompt(pb, text, voice=voice, normalize=normalize))
     _speech_response(pb, out, (reasoning or "").strip() + THINK_CLOSE, transcript, audio, "audio")
     return out.grid()
 
@@ -540,7 +541,7 @@ def understand_example(pb, audio, question: str, answer: str, *, thinking: bool 
     (supervised). Also the instruct form of audio captioning (``question`` "Describe the audio.", ``answer`` the
     caption)."""
     _nonempty(answer, "the answer", "pass the reply text as answer=")
-    out = _Parts(pb).ctx(*_understand_user(pb, audio, question))
+    out = Parts(pb).ctx(*_understand_user(pb, audio, question))
     head = _think_parts(pb, out, bool(thinking), reasoning, "understand")
     _reply_text(pb, out, head, answer)
     return out.grid()
@@ -583,7 +584,7 @@ def dialogue_multiturn_example(pb, messages: Sequence[Mapping], *, voice=None,
     """Spoken dialogue: the conversation of :func:`dialogue_multiturn_prompt` ending with an assistant message.
     Every assistant turn is ``T("<|im_start|>assistant\\n")`` (masked) ``S(text, audio) T("<|im_end|>\\n")``
     (supervised); voice block, system prompt and user turns are masked."""
-    out = _Parts(pb).ctx(*_voice_block(pb, voice))
+    out = Parts(pb).ctx(*_voice_block(pb, voice))
 
     def assistant(i, m, last, out):
         text, audio = _speech_reply(pb, i, m)
@@ -634,7 +635,7 @@ def s2t_dialogue_multiturn_example(pb, messages: Sequence[Mapping], *, thinking:
     the last assistant turn takes ``thinking`` (as the prompt's final turn) and earlier turns have no block (as the
     prompt's history turns, SPEC §6.2.9).
     """
-    out = _Parts(pb)
+    out = Parts(pb)
 
     def assistant(i, m, last, out):
         text = _text_reply(i, m)
@@ -682,7 +683,7 @@ def chat_example(pb, messages: Sequence[Mapping], *, voice=None, system_prompt: 
     """A chat of SPEC §8.4 (the data loader's chat JSONL): each assistant message with ``"audio"`` is spoken
     (``S(text, audio)``, as in spoken dialogue), one without is text (with its ``thinking``/``reasoning``); all
     assistant turns supervised. Text-only replies with ``voice`` are refused (the voice block is for speech)."""
-    out = _Parts(pb).ctx(*_voice_block(pb, voice))
+    out = Parts(pb).ctx(*_voice_block(pb, voice))
 
     def assistant(i, m, last, out):
         out.ctx(pb.T("<|im_start|>assistant\n"))
@@ -728,7 +729,7 @@ def few_shot_example(pb, examples: Sequence[Mapping], audio, output, transcript:
                      instruction: str | None = None) -> TokenGrid:
     """Few-shot S2S: the prompt's examples and query (masked), then ``S(transcript, output)`` (supervised): only
     the query's answer is learned. Use task ``icl`` to learn every pair of a sequence."""
-    out = _Parts(pb).ctx(pb.T(ICL_PREFIX.format(instruction=instruction or "")))
+    out = Parts(pb).ctx(pb.T(ICL_PREFIX.format(instruction=instruction or "")))
     for a, nl, s in _icl_pairs(pb, examples):
         out.ctx(a, nl, s, pb.T(" \n\n"))
     _nonempty(transcript, "transcript", "pass the words of the output audio")
@@ -742,7 +743,7 @@ def icl_example(pb, examples: Sequence[Mapping], *, instruction: str | None = No
 
         T("[Int]:{instruction}\\n") per pair: A(input) T("\\n") S(transcript, output)* T(" \\n\\n")   (* supervised)
     """
-    out = _Parts(pb).ctx(pb.T(ICL_PREFIX.format(instruction=instruction or "")))
+    out = Parts(pb).ctx(pb.T(ICL_PREFIX.format(instruction=instruction or "")))
     for a, nl, s in _icl_pairs(pb, examples):
         out.ctx(a, nl).sup(s).ctx(pb.T(" \n\n"))
     return out.grid()
@@ -796,12 +797,12 @@ def _eos(pb) -> torch.Tensor:
 def speech_mmlu_example(pb, items: Sequence[Mapping], answer: str) -> TokenGrid:
     """The prompt (masked), ``T(answer)`` and eos (supervised)."""
     _nonempty(answer, "the answer", "pass the answer text")
-    return _Parts(pb).ctx(*_mmlu_parts(pb, items)).sup(pb.T(answer), _eos(pb)).grid()
+    return Parts(pb).ctx(*_mmlu_parts(pb, items)).sup(pb.T(answer), _eos(pb)).grid()
 
 
 def speech_mmlu_speech_example(pb, items: Sequence[Mapping], answer: str, answer_audio) -> TokenGrid:
     """The prompt without its final ``<|sostm|>`` (masked), ``S(answer, answer_audio)`` (supervised)."""
-    return _Parts(pb).ctx(*_mmlu_parts(pb, items)).sup(pb.S(answer, answer_audio, "answer audio")).grid()
+    return Parts(pb).ctx(*_mmlu_parts(pb, items)).sup(pb.S(answer, answer_audio, "answer audio")).grid()
 
 
 def audio_qa_prompt(pb, audio, question: str = "") -> torch.Tensor:
@@ -819,7 +820,7 @@ def audio_qa_prompt(pb, audio, question: str = "") -> torch.Tensor:
 def audio_qa_example(pb, audio, answer: str, question: str = "") -> TokenGrid:
     """The prompt (masked), ``T(" {answer}")`` and eos (supervised; the space as in the few-shot answers)."""
     _nonempty(answer, "the answer", "pass the answer text")
-    return _Parts(pb).ctx(audio_qa_prompt(pb, audio, question)).sup(pb.T(" " + answer), _eos(pb)).grid()
+    return Parts(pb).ctx(audio_qa_prompt(pb, audio, question)).sup(pb.T(" " + answer), _eos(pb)).grid()
 
 
 def _qa_shots(pb, examples, audio, question) -> list[torch.Tensor]:
@@ -848,7 +849,7 @@ def audio_qa_few_shot_prompt(pb, examples: Sequence[Mapping], audio, question: s
 
 def audio_qa_few_shot_example(pb, examples: Sequence[Mapping], audio, question: str, answer: str) -> TokenGrid:
     _nonempty(answer, "the answer", "pass the answer text")
-    return _Parts(pb).ctx(*_qa_shots(pb, examples, audio, question)).sup(pb.T(" " + answer), _eos(pb)).grid()
+    return Parts(pb).ctx(*_qa_shots(pb, examples, audio, question)).sup(pb.T(" " + answer), _eos(pb)).grid()
 
 
 def continuation_prompt(pb, audio, *, transcript: str | None = None) -> torch.Tensor:
@@ -876,7 +877,7 @@ def continuation_example(pb, audio, *, transcript: str | None = None) -> TokenGr
     (the speech-only data of SPEC §8.2). With ``transcript``: the whole ``S(transcript, audio)`` span, i.e. the
     interleaved format."""
     if transcript is None:
-        return _Parts(pb).sup(pb.A(audio, "audio")).grid()
+        return Parts(pb).sup(pb.A(audio, "audio")).grid()
     return interleaved_example(pb, transcript, audio)
 
 
@@ -886,25 +887,25 @@ def continuation_example(pb, audio, *, transcript: str | None = None) -> TokenGr
 def interleaved_example(pb, text: str, audio) -> TokenGrid:
     """Interleaved speech-text: one ``S(text, audio)`` span (SPEC §4.4), every column supervised."""
     _nonempty(text, "text", "pass the words of the audio")
-    return _Parts(pb).sup(pb.S(text, audio, "audio")).grid()
+    return Parts(pb).sup(pb.S(text, audio, "audio")).grid()
 
 
 def asr_pair_example(pb, audio, text: str) -> TokenGrid:
     """Plain ASR pair: ``A(audio)`` (masked), ``T(text)`` + eos (supervised)."""
     _nonempty(text, "the transcript", "pass the words spoken in the audio as text=")
-    return _Parts(pb).ctx(pb.A(audio, "audio")).sup(pb.T(text), _eos(pb)).grid()
+    return Parts(pb).ctx(pb.A(audio, "audio")).sup(pb.T(text), _eos(pb)).grid()
 
 
 def tts_pair_example(pb, text: str, audio) -> TokenGrid:
     """Plain TTS pair: ``T(text)`` (masked), ``A(audio)`` with sosp/eosp (supervised)."""
     _nonempty(text, "the text", "pass the words spoken in the audio as text=")
-    return _Parts(pb).ctx(pb.T(text)).sup(pb.A(audio, "audio")).grid()
+    return Parts(pb).ctx(pb.T(text)).sup(pb.A(audio, "audio")).grid()
 
 
 def caption_example(pb, audio, caption: str) -> TokenGrid:
     """Audio captioning pair: ``A(audio)`` (masked), ``T(caption)`` + eos (supervised)."""
     _nonempty(caption, "the caption", "pass a description of the audio as caption=")
-    return _Parts(pb).ctx(pb.A(audio, "audio")).sup(pb.T(caption), _eos(pb)).grid()
+    return Parts(pb).ctx(pb.A(audio, "audio")).sup(pb.T(caption), _eos(pb)).grid()
 
 
 # ---------------------------------------------------------------------------------------------------------
