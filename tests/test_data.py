@@ -478,3 +478,37 @@ def test_prepare_under_torchrun(tmp_path, tok_dir, fixture_path):
 
     assert write_summary(tmp_path / "sh")["written"] == 5
     assert [ShardSet(tmp_path / "sh")[i].text for i in range(5)] == [f"clip {i}" for i in range(5)]
+
+
+def test_loader_benchmark_runs_and_bucketing_beats_unsorted_batches():
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "data_loader.py"
+    out = subprocess.run([sys.executable, str(script), "--records", "300", "--steps", "8", "--batch-size", "4"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {}
+    for line in out.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[1].isdigit():
+            rows[int(cells[1])] = [float(c.replace(",", "")) for c in cells[2:]]
+    assert set(rows) == {1, 8, 32, 128}
+    assert all(r[0] > 0 and r[2] > 0 and 0 < r[3] <= 1 for r in rows.values())
+    assert rows[128][3] > rows[1][3]  # sorting by length inside a window cuts the padding
+    assert "first-fit-decreasing" in out.stdout
+
+
+def test_loader_replaces_a_record_its_task_cannot_use(shards):
+    from mimo_audio.errors import PromptError
+
+    def picky(task, rec):
+        if rec.id == "train:3":
+            raise PromptError("the transcript is empty")
+        return fake_example(task, rec)
+
+    mk = lambda: Loader(shards, "asr", batch_size=5, example_fn=picky, examples_per_epoch=10)
+    lo = mk()
+    ids = [i for b in batches_of(lo, len(lo)) for i in b.ids]
+    assert len(ids) == 10 and "train:3" not in ids and ids.count("train:4") == 2  # the next record stands in
+    assert lo.bad_records == {("asr", "train:3"): "the transcript is empty"}
+    assert [i for b in batches_of(mk(), 2) for i in b.ids] == ids  # still deterministic

@@ -19,6 +19,7 @@ resumed from :meth:`Loader.state_dict` yields exactly what the uninterrupted one
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,8 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import MimoAudioError
 from . import DataError, require
 from .prepare import shard_name
+
+log = logging.getLogger("mimo_audio.data")
 
 IGNORE = -100
 
@@ -211,6 +215,7 @@ class Loader:
     epoch: int = 0
     step: int = 0
     _plans: dict = field(default_factory=dict, repr=False)
+    bad_records: dict = field(default_factory=dict, repr=False)  # (task, record id) -> why it was replaced
 
     def __post_init__(self):
         self.tasks = parse_tasks(self.tasks) if isinstance(self.tasks, str) else dict(self.tasks)
@@ -289,8 +294,7 @@ class Loader:
         built = []
         for j in range(lo, hi):
             name = self.names[int(tasks[j])]
-            rec = self.shards[int(recs[j])]
-            tokens, labels = self.example_fn(name, rec)
+            rec, (tokens, labels) = self.build(name, int(recs[j]))
             cut = False
             if self.max_groups is not None and tokens.shape[1] > 4 * self.max_groups:
                 tokens, labels, cut = tokens[:, : 4 * self.max_groups], labels[:, : 4 * self.max_groups], True
@@ -299,6 +303,25 @@ class Loader:
         chunks = [built[s: s + self.batch_size] for s in range(0, len(built), self.batch_size)]
         order = np.random.default_rng([self.seed, epoch, 2, w]).permutation(len(chunks))
         return [chunks[i] for i in order]
+
+    def build(self, task: str, index: int) -> tuple[Record, tuple[torch.Tensor, torch.Tensor]]:
+        """Record ``index`` as an example of ``task``. A record the task cannot use (its builder raises a
+        MimoAudioError, e.g. a blank transcript) is logged once, remembered in ``bad_records``, and replaced by
+        the next eligible record of that task: deterministic, and every rank keeps the same number of steps."""
+        pool = self.eligible[task]
+        start = int(np.searchsorted(pool, index))
+        for k in range(len(pool)):
+            i = int(pool[(start + k) % len(pool)])
+            rec = self.shards[i]
+            if (task, rec.id) in self.bad_records:
+                continue
+            try:
+                return rec, self.example_fn(task, rec)
+            except MimoAudioError as exc:
+                self.bad_records[(task, rec.id)] = str(exc)
+                log.warning("record %s cannot be a %s example (%s); using the next one", rec.id, task, exc)
+        raise DataError(f"no record in {self.shards.folder} makes a valid {task!r} example; "
+                        f"see Loader.bad_records, or drop {task!r} from the mixture")
 
     @staticmethod
     def batch_of(chunk: list[tuple]) -> Batch:
