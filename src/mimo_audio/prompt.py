@@ -39,6 +39,7 @@ are importable from here too, for older code (``prompt.TASKS`` holds the tasks t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -221,7 +222,7 @@ class PromptBuilder:
         task = TASKS.get(name)
         if task is None or task.build_prompt is None:
             raise AttributeError(f"PromptBuilder has no attribute {name!r} (and no task of that name has a prompt)")
-        return lambda *args, **kwargs: task.build_prompt(self, *args, **kwargs)
+        return functools.partial(task.build_prompt, self)
 
     # ----------------------------------------------------------------- output
     def parse(self, generated: torch.Tensor, *, task: str | None = None, stop_ids: Sequence[int] | None = None,
