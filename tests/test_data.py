@@ -214,12 +214,15 @@ def test_prepare_resumes_after_a_kill_and_skips_finished_shards(corpus, tmp_path
     done = sorted(p.name for p in out.glob("shard-*"))
     assert done == [f"{shard_name(0, 4)}.arrow", f"{shard_name(0, 4)}.json"]  # nothing half-written
     assert not list(out.glob(".*part"))
+    # a SIGKILL during a write would leave the temporary file atomic_output was writing: the rerun removes it
+    (out / f".{shard_name(1, 4)}.arrow.x1y2.part").write_bytes(b"half a shard")
     calls.clear()
     monkeypatch.setattr(AudioTokenizer, "encode_loaded", lambda self, wav, *a, **kw: (calls.append(len(wav)),
                                                                                         real(self, wav, *a, **kw))[1])
     summary = run_prepare(corpus, out, tok_dir, batch_seconds=2.0)
     assert summary["complete"] and summary["written"] == 10
     assert sum(calls) == 6  # only the good items of shards 1-3 were encoded again
+    assert not list(out.glob(".*part"))
     run_prepare(corpus, tmp_path / "ref", tok_dir)
     a, b = ShardSet(out), ShardSet(tmp_path / "ref")
     assert [a[i].id for i in range(len(a))] == [b[i].id for i in range(len(b))]
@@ -512,3 +515,34 @@ def test_loader_replaces_a_record_its_task_cannot_use(shards):
     assert len(ids) == 10 and "train:3" not in ids and ids.count("train:4") == 2  # the next record stands in
     assert lo.bad_records == {("asr", "train:3"): "the transcript is empty"}
     assert [i for b in batches_of(mk(), 2) for i in b.ids] == ids  # still deterministic
+
+
+def test_prepare_killed_with_sigkill_resumes(tmp_path, tok_dir, fixture_path):
+    import signal
+    import sys
+    import time
+
+    rows = []
+    for i in range(10):
+        shutil.copy(fixture_path / "audio" / f"speech_{i % 3}_24k.wav", tmp_path / f"c{i}.wav")
+        rows.append({"audio": f"c{i}.wav", "text": f"clip {i}"})
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
+    out = tmp_path / "sh"
+    cmd = [sys.executable, "-m", "mimo_audio.cli", "data", "prepare", str(manifest), "-o", str(out),
+           "--tokenizer", str(tok_dir), "--shard-size", "1", "--device", "cpu", "--batch-seconds", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("shard-*.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list(out.glob("shard-*.json")))
+    if proc.returncode != -signal.SIGKILL or done == 10:
+        pytest.skip("the run finished before it could be killed")
+    assert len(ShardSet(out)) == done  # every finished shard opens whole
+    finished = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "10 items written" in finished.stderr and "complete" in finished.stderr
+    assert not list(out.glob(".*part"))
+    s = ShardSet(out)
+    assert [s[i].text for i in range(10)] == [f"clip {i}" for i in range(10)]

@@ -193,6 +193,10 @@ class Preparer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.check_settings()
         todo = [k for k in self.mine() if not self.done(k)]
+        for k in todo:  # temporary files a killed run of this rank left (no other rank writes these shards)
+            for stale in self.out.glob(f".{shard_name(k, self.total)}.*.part"):
+                log.info("removing %s, left by an interrupted run", stale.name)
+                stale.unlink(missing_ok=True)
         skipped = len(self.mine()) - len(todo)
         if skipped:
             log.info("rank %d: %d of its %d shards are already done; skipping them", self.rank, skipped,
