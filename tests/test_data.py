@@ -320,6 +320,9 @@ def test_loader_is_deterministic_and_resumes_exactly(shards):
     full = batches_of(mk(), 17)  # crosses an epoch boundary (7 steps per epoch) and window boundaries
     assert len(mk()) == 7 and same(full, batches_of(mk(), 17))
     assert not same(full[:7], batches_of(mk(seed=8), 7))
+    reordered = Loader(shards, "continuation:0.5,tts:1,asr:1", batch_size=3, window=2, seed=7,
+                       examples_per_epoch=20, example_fn=fake_example)
+    assert same(full[:7], batches_of(reordered, 7))  # the order a mixture is written in does not matter
     for cut in (1, 3, 7, 9):
         first = mk()
         head = batches_of(first, cut)
@@ -338,12 +341,16 @@ def test_loader_is_deterministic_and_resumes_exactly(shards):
     assert set(mix) == {"asr", "tts", "continuation"}
 
 
-def test_loader_ranks_split_each_epoch(shards):
+def test_loader_ranks_split_each_epoch(shards, monkeypatch):
     mk = lambda rank, world: Loader(shards, "asr:1,continuation:1", batch_size=2, window=3, seed=1,
                                     examples_per_epoch=21, rank=rank, world_size=world, example_fn=fake_example)
     one = mk(0, 1)
     g_tasks, g_recs = one.plan(0)
     parts = [mk(r, 3) for r in range(3)]
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    from_env = mk(None, None)
+    assert (from_env.rank, from_env.world_size) == (2, 3)
     assert {len(p) for p in parts} == {4}  # 7 examples each, batch 2: every rank makes the same steps
     for r, p in enumerate(parts):
         t, rec = p.plan(0)

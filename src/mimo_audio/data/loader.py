@@ -197,15 +197,16 @@ class Loader:
     ``example_fn(task, record) -> (tokens, labels)`` builds one example (default: the task table through
     :data:`TASK_INPUTS`, which needs ``tokenizer``). ``max_groups`` cuts longer examples at a group
     boundary (counted in ``Batch.truncated``) rather than dropping them, so that every rank makes the same
-    number of steps. ``epochs=None`` iterates forever.
+    number of steps. ``rank``/``world_size`` default to ``RANK``/``WORLD_SIZE`` (torchrun), else 0 of 1.
+    ``epochs=None`` iterates forever. The last batch of an epoch may be smaller than ``batch_size``.
     """
 
     shards: ShardSet
     tasks: Mapping[str, float]
     batch_size: int = 8
     seed: int = 0
-    rank: int = 0
-    world_size: int = 1
+    rank: int | None = None
+    world_size: int | None = None
     window: int = 128
     max_groups: int | None = 8192
     examples_per_epoch: int | None = None
@@ -223,9 +224,16 @@ class Loader:
             raise DataError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if not isinstance(self.window, int) or self.window < 1:
             raise DataError(f"window must be a positive number of batches, got {self.window!r}")
+        if self.rank is None or self.world_size is None:
+            from .prepare import rank_from_env
+
+            env_rank, env_world = rank_from_env()
+            self.rank = env_rank if self.rank is None else self.rank
+            self.world_size = env_world if self.world_size is None else self.world_size
         if not 0 <= self.rank < self.world_size:
             raise DataError(f"rank {self.rank} is not in 0..{self.world_size - 1}")
-        self.names = [t for t, w in self.tasks.items() if w > 0]
+        # sorted: the plan does not depend on the order the mixture was written in
+        self.names = sorted(t for t, w in self.tasks.items() if w > 0)
         weights = np.array([self.tasks[t] for t in self.names], dtype=np.float64)
         self.p = weights / weights.sum()
         if self.example_fn is None:
