@@ -553,3 +553,25 @@ def test_prepare_killed_with_sigkill_resumes(tmp_path, tok_dir, fixture_path):
     assert not list(out.glob(".*part"))
     s = ShardSet(out)
     assert [s[i].text for i in range(10)] == [f"clip {i}" for i in range(10)]
+
+
+def test_an_entry_the_reader_fails_on_is_a_bad_item(tmp_path, codec):
+    from mimo_audio.data.manifest import Item, Manifest
+
+    clip = tone(tmp_path / "t.wav", 0.5)
+
+    class Flaky(Manifest):
+        format, name = "hf", str(tmp_path / "flaky")
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            if i == 1:
+                raise RuntimeError("corrupt row")
+            return Item(id=f"f:{i}", source=f"flaky[{i}]", kind="pair", audio=[str(clip)],
+                        audio_names=[str(clip)], fields={"text": "x", "extra": {}})
+
+    s = run_prepare(Flaky(), tmp_path / "sh", codec)
+    assert s["written"] == 2 and s["bad_by_reason"] == {"invalid entry": 1}
+    assert "corrupt row" in s["bad_items"][0]["detail"]

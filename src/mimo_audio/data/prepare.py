@@ -214,6 +214,16 @@ class Preparer:
                     self.prepare_shard(k, pool, bar)
         return write_summary(self.out)
 
+    def item(self, i: int):
+        """Manifest item ``i``; an entry the manifest reader itself fails on becomes an invalid item."""
+        try:
+            return self.m[i]
+        except Exception as exc:  # e.g. a corrupt row of a datasets table
+            from .manifest import Item
+
+            return Item(id=f"{Path(self.m.name).name}:{i}", source=f"{self.m.name}[{i}]", kind="pair",
+                        error=f"cannot read the entry ({type(exc).__name__}: {exc})")
+
     def items_of(self, k: int) -> range:
         return range(k * self.shard_size, min(self.n, (k + 1) * self.shard_size))
 
@@ -221,7 +231,7 @@ class Preparer:
         codec = self.codec
         sr = codec.sample_rate
         t0 = time.perf_counter()
-        load = lambda i: _load(i, self.m[i], sr, self.max_seconds, self.min_seconds)
+        load = lambda i: _load(i, self.item(i), sr, self.max_seconds, self.min_seconds)
         idx = self.items_of(k)
         step = 8 * max(1, self.workers)  # read ahead a bounded number of clips, not the whole shard
         loaded = (got for s in range(0, len(idx), step) for got in pool.map(load, idx[s: s + step]))
