@@ -181,6 +181,9 @@ def test_prepare_writes_codes_and_counts_bad_items(corpus, tmp_path, tok_dir, co
     assert torch.equal(rec.codes[0], expect)  # batched encoding gives each clip's own codes
     assert shards[9].instruction == "speak slowly" and shards[8].caption == "a pure tone"
     assert not list((tmp_path / "sh").glob("*.part"))
+    datasets = pytest.importorskip("datasets")  # a shard is a datasets table as it is
+    ds = datasets.Dataset.from_file(str(tmp_path / "sh" / f"{shard_name(0, 4)}.arrow"))
+    assert ds.num_rows == 4 and ds[0]["text"] == "hello there" and ds[0]["frames"] == [expect.shape[0]]
 
 
 def test_prepare_chat_keeps_every_audio_part(tmp_path, codec):
