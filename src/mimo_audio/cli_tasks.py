@@ -21,10 +21,11 @@ from .cli import add_model_args, check_output
 
 
 # ============================================================================================ plumbing
-def _add_generation_args(p: argparse.ArgumentParser) -> None:
+def _add_generation_args(p: argparse.ArgumentParser, limit: str = "") -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
-    g.add_argument("--max-new-tokens", type=int, default=None, help="limit on generated LM steps (1 step = 0.16 s of audio)")
+    g.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"limit on generated LM steps (1 step = 0.16 s of audio){limit}")
     g.add_argument("--temperature", type=float, default=None, help="text sampler temperature (task preset otherwise)")
     g.add_argument("--top-k", type=int, default=None, help="text sampler top-k")
     g.add_argument("--top-p", type=float, default=None, help="text sampler top-p")
@@ -307,7 +308,10 @@ def add_task_commands(subparsers) -> None:
         if default_model:
             add_model_args(p, default_model)
         if gen:
-            _add_generation_args(p)
+            from .tasks import COMMANDS, TASKS, command_of
+
+            limits = {TASKS[t].max_new_tokens for t in COMMANDS[command_of(name)]}  # the task table's defaults
+            _add_generation_args(p, f"; default {max(limits)}" if name != "continue" else "; default: --seconds")
         p.set_defaults(func=func, command=name)
         return p
 

@@ -25,16 +25,16 @@ import torch
 from .errors import PromptError
 from .sampling import GREEDY, Sampler, SamplingParams, params_tensors
 
-__all__ = ["SamplingParams", "GenerationConfig", "PRESETS", "preset", "generate", "stream_generate",
-           "GenerationStream"]
+__all__ = ["SamplingParams", "GenerationConfig", "DEFAULT_TEXT", "DEFAULT_LOCAL", "preset", "generate",
+           "stream_generate", "GenerationStream"]
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
     """Limits are counted in groups (one group = 4 frames = 160 ms of audio, or one text token)."""
 
-    text: SamplingParams = field(default_factory=lambda: PRESETS["default"][0])
-    local: SamplingParams = field(default_factory=lambda: PRESETS["default"][1])
+    text: SamplingParams = field(default_factory=lambda: DEFAULT_TEXT)
+    local: SamplingParams = field(default_factory=lambda: DEFAULT_LOCAL)
     max_new_tokens: int = 8192
     min_new_tokens: int = 0
     stop_ids: tuple[int, ...] = ()
@@ -48,26 +48,25 @@ class GenerationConfig:
             raise PromptError(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
 
 
-_S = SamplingParams
-#: reference task samplers (SPEC §5.3, [R] values): name -> (text sampler, patch-decoder sampler)
-PRESETS: dict[str, tuple[SamplingParams, SamplingParams]] = {
-    "default": (_S(True, 0.6, 50, 0.95), _S(True, 0.9, 50, 0.95)),
-    "asr": (_S(False, 1.0, None, 1.0), _S(True, 0.9, None, 0.95)),
-    "tts": (_S(True, 0.6, None, 1.0), _S(True, 0.9, None, 0.95)),
-    "spoken_dialogue": (_S(True, 0.6, None, 0.95), _S(True, 0.9, None, 0.95)),
-    "audio_understanding": (_S(True, 0.3, None, 0.95), _S(True, 0.9, None, 0.95)),
-    "text_chat": (_S(True, 0.4, None, 0.95), _S(True, 0.9, None, 0.95)),
-    "in_context_learning_s2s": (_S(False), _S(True, 0.9, None, 0.95)),
-    "qa": (_S(False), _S(True, 0.9, None, 0.95)),
-}
+#: the samplers of a config that names none (the reference's default sampler, SPEC §5.3)
+DEFAULT_TEXT = SamplingParams(True, 0.6, 50, 0.95)
+DEFAULT_LOCAL = SamplingParams(True, 0.9, 50, 0.95)
 
 
 def preset(name: str, **overrides) -> GenerationConfig:
-    """A :class:`GenerationConfig` with the named task's samplers; ``overrides`` set any other field."""
-    if name not in PRESETS:
-        raise PromptError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    text, local = PRESETS[name]
-    return GenerationConfig(**{"text": text, "local": local, **overrides})
+    """A :class:`GenerationConfig` with a named preset's samplers; the presets live in the task table
+    (:data:`mimo_audio.tasks.PRESETS`), this engine knows no task."""
+    from .tasks import preset as task_preset
+
+    return task_preset(name, **overrides)
+
+
+def __getattr__(name):  # ``from mimo_audio.generate import PRESETS`` keeps working
+    if name == "PRESETS":
+        from .tasks import PRESETS
+
+        return PRESETS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _configs(config, n: int) -> list[GenerationConfig]:

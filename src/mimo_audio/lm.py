@@ -33,9 +33,27 @@ from .delay import apply_delay, delay_schedule
 from .errors import PromptError
 from .layers import KVCache, RMSNorm, ScheduleCache, rope_inv_freq, rope_signed, rope_table
 
-TEXT_WEIGHT = 100.0
-CHANNEL_WEIGHTS = (12.0, 8.0, 6.0, 4.0, 2.0, 2.0, 1.0, 1.0)
-EMPTY_TEXT_WEIGHT = 0.01
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the training loss (SPEC §8.2-8.3): ``(text·L_text + Σ_c channels[c]·L_c) / (text + Σ channels)``;
+    ``empty_text`` weighs the text targets equal to ``<|empty|>`` inside the text loss.
+
+    The default is pre-training stage 2 and SFT (100-12-8-6-4-2-2-1-1); :meth:`stage1` is text only (1-0-…-0).
+    A model with fewer channels uses the first ``C`` channel weights.
+    """
+
+    text: float = 100.0
+    channels: tuple[float, ...] = (12.0, 8.0, 6.0, 4.0, 2.0, 2.0, 1.0, 1.0)
+    empty_text: float = 0.01
+
+    @classmethod
+    def stage1(cls) -> LossWeights:
+        return cls(text=1.0, channels=(0.0,) * 8)
+
+    def __post_init__(self):
+        if min(self.text, self.empty_text, *self.channels) < 0 or self.text + sum(self.channels) <= 0:
+            raise PromptError(f"loss weights must be >= 0 with a positive total, got {self}")
 
 
 # ------------------------------------------------------------------------------------------ sub-configs
@@ -297,11 +315,12 @@ class MimoAudioLM(nn.Module):
 
     # -------------------------------------------------------------------------------- forward
     def forward(self, grid: torch.Tensor, *, empty_id: int | None = None, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> LMOutput:
+                labels: torch.Tensor | None = None, loss_weights: LossWeights | None = None) -> LMOutput:
         """Run the backbone over every group of ``grid`` ``[B, 9, 4N]``.
 
         ``attention_mask`` ``[B, N]`` (1 = real group) for right-padded batches; ``labels`` ``[B, 9, 4N]`` in
-        the grid's layout with -100 on unsupervised columns (SPEC §8.3) to get the training loss.
+        the grid's layout with -100 on unsupervised columns (SPEC §8.3) to get the training loss, weighted by
+        ``loss_weights`` (:class:`LossWeights`; stage 2 / SFT weights by default).
         """
         e = self.resolve_empty_id(empty_id)
         x = self.embed(grid, e)
@@ -317,7 +336,7 @@ class MimoAudioLM(nn.Module):
         h = self.backbone(x, positions, mask)
         out = LMOutput(self.lm_head(h), self.hidden_downcast(h), h)
         if labels is not None:
-            self._loss(out, labels, e)
+            self._loss(out, labels, e, loss_weights or LossWeights())
         return out
 
     # -------------------------------------------------------------------------------- patch decoder
@@ -447,12 +466,12 @@ class MimoAudioLM(nn.Module):
         return torch.cat(emitted, 1).index_select(1, self._code_order(first.device)).view(B, self.G, self.C)
 
     # -------------------------------------------------------------------------------- loss
-    def _loss(self, out: LMOutput, labels: torch.Tensor, empty_id: int) -> None:
+    def _loss(self, out: LMOutput, labels: torch.Tensor, empty_id: int, lw: LossWeights) -> None:
         G = self.G
         text_t = labels[:, 0, ::G][:, 1:]  # target of position n = text of group n+1
         logits = out.text_logits[:, :-1]
         valid = text_t != -100
-        w = torch.where(text_t == empty_id, EMPTY_TEXT_WEIGHT, 1.0).to(torch.float32) * valid
+        w = torch.where(text_t == empty_id, lw.empty_text, 1.0).to(torch.float32) * valid
         ce = F.cross_entropy(logits.float().transpose(1, 2), text_t.clamp(min=0), reduction="none")
         text_loss = (ce * w).sum() / (w.sum() + 1e-8)
         speech = (text_t == empty_id)  # groups n+1 carrying audio targets, predicted from position n
@@ -471,9 +490,11 @@ class MimoAudioLM(nn.Module):
         else:
             chan_losses = [logits.sum() * 0.0 for _ in range(self.C)]
         chan = torch.stack(chan_losses)
-        weights = torch.tensor(CHANNEL_WEIGHTS[: self.C], device=chan.device)
-        total = TEXT_WEIGHT + float(weights.sum())
-        out.loss = (TEXT_WEIGHT * text_loss + (weights * chan).sum()) / total
+        if len(lw.channels) < self.C:
+            raise PromptError(f"loss_weights has {len(lw.channels)} channel weights; the model has {self.C} channels")
+        weights = torch.tensor(lw.channels[: self.C], device=chan.device, dtype=chan.dtype)
+        total = lw.text + float(weights.sum())
+        out.loss = (lw.text * text_loss + (weights * chan).sum()) / total
         out.text_loss, out.channel_losses, out.local_logits = text_loss, chan, local_logits
 
     # -------------------------------------------------------------------------------- loading

@@ -40,9 +40,6 @@ from .checkpoint import INSTRUCT_ID, TOKENIZER_ID
 from .errors import AudioInputError, MimoAudioError, PromptError, is_int
 
 __all__ = ["MimoAudio", "Piece", "Reply", "RequestStream", "Speech", "TaskRequest"]
-#: default generation limits in LM steps (a text token or 4 audio frames = 0.16 s); ``max_new_tokens=`` overrides
-#: (the model's positions always cap them).
-DEFAULT_MAX_NEW = {"transcribe": 2048, "understand": 2048, "chat": 4096, "speak": 4096, "few_shot": 4096}
 
 
 def _is_one_audio(x: Any) -> bool:
@@ -203,11 +200,10 @@ class MimoAudio:
 
     def _config(self, spec, *, seed, max_new_tokens, default_max_new, greedy, temperature, top_k, top_p,
                 audio_temperature, audio_top_k, audio_top_p, prompt_groups):
-        from .generate import PRESETS, GenerationConfig
-        from .prompt import stop_ids
+        from .generate import GenerationConfig
         from .sampling import GREEDY
 
-        text, local = PRESETS[spec.preset]
+        text, local = spec.samplers
         try:
             if greedy:
                 text, local = GREEDY, GREEDY
@@ -234,7 +230,7 @@ class MimoAudio:
             )
         return GenerationConfig(
             text=text, local=local, max_new_tokens=int(min(max_new_tokens, room)),
-            min_new_tokens=int(spec.min_new_tokens or 0), stop_ids=stop_ids(spec.name, self.ids),
+            min_new_tokens=int(spec.min_new_tokens or 0), stop_ids=spec.stop_ids(self.ids),
             seed=None if seed is None else int(seed),
         )
 
@@ -275,29 +271,21 @@ class MimoAudio:
         ``sample_rate`` for array audio.
         Raises :class:`AudioInputError` / :class:`PromptError` naming the problem.
         """
-        from .prompt import task_spec
+        from .tasks import command_of, get_task
 
-        builders = {
-            "transcribe": self._prep_transcribe, "speak": self._prep_speak, "understand": self._prep_understand,
-            "chat": self._prep_chat, "few_shot": self._prep_few_shot, "continue": self._prep_continue,
-        }
-        alias = {"few-shot": "few_shot", "continue_speech": "continue", "continuation": "continue",
-                 "asr": "transcribe", "tts": "speak"}
-        name = alias.get(task, task)
-        if name not in builders:
-            raise PromptError(f"unknown task {task!r}; use one of {', '.join(builders)}")
-        build = builders[name]
+        name = command_of(task)  # the command (transcribe, speak, ...) of a command name or an alias (asr, tts, ...)
+        build = getattr(self, f"_prep_{name}")
         try:  # check the keywords before calling, so a TypeError raised inside is not mistaken for one
             inspect.signature(build).bind(sample_rate=sample_rate, **kwargs)
         except TypeError as exc:
             raise PromptError(f"{name}: {exc}") from None
         prompt_task, grid, extra = build(sample_rate=sample_rate, **kwargs)
-        spec = task_spec(prompt_task)
+        spec = get_task(prompt_task)
         task_max_new = extra.get("max_new")  # a task's own default limit (continuation: its seconds)
         groups = int(grid.shape[1]) // int(self.lm.config.group_size)
         config = self._config(
             spec, seed=seed, max_new_tokens=max_new_tokens if max_new_tokens is not None else task_max_new,
-            default_max_new=DEFAULT_MAX_NEW.get(name, 4096), greedy=greedy, temperature=temperature, top_k=top_k,
+            default_max_new=4096, greedy=greedy, temperature=temperature, top_k=top_k,
             top_p=top_p, audio_temperature=audio_temperature, audio_top_k=audio_top_k, audio_top_p=audio_top_p,
             prompt_groups=groups,
         )
@@ -337,7 +325,7 @@ class MimoAudio:
 
     def _prep_chat(self, messages, *, reply: str = "speech", voice=None, system_prompt: str | None = None,
                    thinking: bool = False, sample_rate=None):
-        from .prompt import chat_task
+        from .tasks import chat_task
 
         if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
             raise PromptError("messages must be a list of dicts {'role': 'user'|'assistant'|'system', 'text': ..., "
@@ -355,7 +343,7 @@ class MimoAudio:
         return task, pb.build(task, messages=msgs, thinking=thinking, system_prompt=system_prompt), {}
 
     def _prep_few_shot(self, examples, audio, *, instruction: str | None = None, sample_rate=None):
-        from .prompt import check_examples
+        from .tasks import check_examples
 
         encoded = []
         for k, ex in enumerate(check_examples(examples)):
