@@ -2,7 +2,8 @@
 
 ``main(argv)`` builds one parser with a subcommand per job. Each group of commands registers itself with a
 function ``add_<group>_commands(subparsers)`` that adds its parsers and sets ``func`` (``args -> exit code``)
-as a default: ``codec`` here, the tasks in :mod:`mimo_audio.cli_tasks`, ``serve`` in :mod:`mimo_audio.server.cli`.
+as a default: ``codec`` here, the tasks in :mod:`mimo_audio.cli_tasks`, ``eval`` and ``batch`` in
+:mod:`mimo_audio.eval.cli`, ``serve`` in :mod:`mimo_audio.server.cli`.
 
 Errors the user can cause (:class:`~mimo_audio.errors.MimoAudioError`, ``OSError``) print one line,
 ``mimo-audio: error: ...``, on stderr and exit with status 2, without a traceback.
@@ -169,10 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mimo-audio {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from .cli_tasks import add_task_commands
+    from .eval.cli import add_eval_commands
     from .server.cli import add_serve_command
 
     add_codec_commands(subparsers)
     add_task_commands(subparsers)
+    add_eval_commands(subparsers)
     add_serve_command(subparsers)
     return parser
 
