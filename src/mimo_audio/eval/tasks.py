@@ -101,9 +101,14 @@ def _judge_score(ctx: EvalContext, rec: dict, clip16: np.ndarray, ref: str, lang
 
 
 def _sim(ctx: EvalContext, rec: dict, clip16: np.ndarray, voice: Any) -> None:
+    """Speaker similarity of ``clip16`` to ``voice``; a clip the encoder cannot embed (no voiced frames) gets
+    ``sim: None`` and the reason in ``sim_error`` (left out of the mean; the item's other scores still count)."""
     if ctx.speaker is None or voice is None:
         return
-    rec["sim"] = similarity(ctx.speaker, clip16, to_16k(voice))
+    try:
+        rec["sim"] = similarity(ctx.speaker, clip16, voice if isinstance(voice, np.ndarray) else to_16k(voice))
+    except MimoAudioError as exc:
+        rec["sim"], rec["sim_error"] = None, str(exc)
 
 
 def _rate_metrics(records: list[dict]) -> dict:
@@ -251,8 +256,7 @@ class Codec(Task):
                     rec["ref_from_judge"] = True
                 rec["ref"] = ref_text
                 _judge_score(ctx, rec, out16, ref_text, lang)
-            if ctx.speaker is not None:
-                rec["sim"] = similarity(ctx.speaker, out16, ref16)
+            _sim(ctx, rec, out16, ref16)
             out.append(rec)
         return out
 
