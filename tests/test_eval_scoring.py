@@ -103,3 +103,18 @@ def test_speechmmlu_option_rule():
     assert speechmmlu_option("no choice") == ""
     assert speechmmlu_option("答案是选项 C", "zh") == "c"
     assert score_choice("Option a.", "A", ["x", "y", "z", "w"], rule="option")["correct"]
+
+
+def test_edit_distance_agrees_with_jiwer():
+    jiwer = pytest.importorskip("jiwer", reason="jiwer is in the eval extra")
+    import random
+
+    rng = random.Random(0)
+    words = ["a", "b", "c", "d", "e"]
+    for _ in range(200):
+        ref = [rng.choice(words) for _ in range(rng.randint(1, 9))]
+        hyp = [rng.choice(words) for _ in range(rng.randint(0, 9))]
+        if not hyp:
+            continue  # jiwer refuses an empty hypothesis string
+        m = jiwer.process_words(" ".join(ref), " ".join(hyp))
+        assert edit_distance(ref, hyp) == m.substitutions + m.deletions + m.insertions, (ref, hyp)
