@@ -231,6 +231,20 @@ def test_mcq_and_dialogue_reports(synth, mimo, tmp_path):
     assert rep["metrics"]["accuracy"] == pytest.approx(100.0 * sum(r["correct"] for r in recs) / len(recs))
     assert {"accuracy/sound", "accuracy/speech"} <= set(rep["metrics"])
     assert "| accuracy |" in (tmp_path / "m" / "report.md").read_text(encoding="utf-8")
+    # the base model's few-shot form: each item's examples are other items, the same whatever the sharding
+    seen = []
+    original = MimoAudio.prepare
+
+    def spy(self, task, **kw):
+        seen.append((task, [ex["answer"] for ex in kw.get("examples") or []]))
+        return original(self, task, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MimoAudio, "prepare", spy)
+        rep = evaluate("mcq", str(synth.parent / "mmau-test-mini.json"), tmp_path / "m5", mimo=mimo, progress=False,
+                       options={"shots": 1}, **GEN)
+    assert seen == [("audio_qa", [items[1]["text"]]), ("audio_qa", [items[0]["text"]])]
+    assert rep["count"] == 2 and rep["benchmark"] is None  # the paper's MMAU base number is 5-shot
     dia = tmp_path / "dia.jsonl"
     dia.write_text(json.dumps({"id": "d0", "question": "Say yes.", "reference": "yes"}) + "\n", encoding="utf-8")
     rep = evaluate("dialogue", str(dia), tmp_path / "d", mimo=mimo, progress=False, **GEN)

@@ -42,7 +42,8 @@ from .errors import AudioInputError, MimoAudioError, PromptError, is_int
 __all__ = ["MimoAudio", "Piece", "Reply", "RequestStream", "Speech", "TaskRequest"]
 #: default generation limits in LM steps (a text token or 4 audio frames = 0.16 s); ``max_new_tokens=`` overrides
 #: (the model's positions always cap them).
-DEFAULT_MAX_NEW = {"transcribe": 2048, "understand": 2048, "chat": 4096, "speak": 4096, "few_shot": 4096}
+DEFAULT_MAX_NEW = {"transcribe": 2048, "understand": 2048, "chat": 4096, "speak": 4096, "few_shot": 4096,
+                   "audio_qa": 256}
 
 
 def _is_one_audio(x: Any) -> bool:
@@ -256,6 +257,8 @@ class MimoAudio:
         - ``"few_shot"``: ``examples`` (dicts with ``input``, ``output``, ``transcript``), ``audio``,
           ``instruction=None``
         - ``"continue"``: ``audio``, ``seconds=10.0``, ``transcript=None`` (the prompt audio's words, optional)
+        - ``"audio_qa"`` (Base model, SPEC §6.3.13-14): ``audio``, ``question=""``, ``examples=None`` (dicts with
+          ``audio``, ``question``, ``answer``: the few-shot form)
 
         Common: ``seed``, ``max_new_tokens`` (LM steps; one step is a text token or 0.16 s of audio), ``greedy``,
         text-sampler ``temperature``/``top_k``/``top_p``, patch-sampler ``audio_temperature``/``audio_top_k``/
@@ -268,6 +271,7 @@ class MimoAudio:
         builders = {
             "transcribe": self._prep_transcribe, "speak": self._prep_speak, "understand": self._prep_understand,
             "chat": self._prep_chat, "few_shot": self._prep_few_shot, "continue": self._prep_continue,
+            "audio_qa": self._prep_audio_qa,
         }
         alias = {"few-shot": "few_shot", "continue_speech": "continue", "continuation": "continue",
                  "asr": "transcribe", "tts": "speak"}
@@ -353,6 +357,19 @@ class MimoAudio:
                             "transcript": t})
         codes = self._codes(audio, sample_rate, "audio")
         return "few_shot", self.prompts.few_shot(encoded, codes, instruction=instruction), {}
+
+    def _prep_audio_qa(self, audio, question: str = "", *, examples=None, sample_rate=None):
+        codes = self._codes(audio, sample_rate, "audio")
+        if not examples:
+            return "audio_qa", self.prompts.audio_qa(codes, question), {}
+        if not isinstance(examples, (list, tuple)):
+            raise PromptError("examples must be a list of dicts {'audio', 'question', 'answer'}")
+        encoded = []
+        for k, ex in enumerate(examples):
+            if not isinstance(ex, dict):
+                raise PromptError(f"example {k} must be a dict with 'audio', 'question' and 'answer'")
+            encoded.append({**ex, "audio": self._codes(ex.get("audio"), sample_rate, f"example {k} audio")})
+        return "audio_qa_few_shot", self.prompts.audio_qa_few_shot(encoded, codes, question), {}
 
     def _prep_continue(self, audio, *, seconds: float = 10.0, transcript: str | None = None, sample_rate=None):
         try:

@@ -71,7 +71,12 @@ def evaluate(task: str, data: str, out_dir: str | os.PathLike, *, model: str | N
 
         codec = AudioTokenizer.from_pretrained(tokenizer, device=device, dtype=dtype)
     dev = str(getattr(mimo or codec, "device", device or "cpu"))
-    ctx = EvalContext(out_dir=Path(out_dir), mimo=mimo, codec=codec, gen=gen, options=options,
+    if options.get("shots"):
+        if task != "mcq":
+            raise MimoAudioError("shots applies to the mcq task (few-shot audio QA with the Base model)")
+        if benchmark == "mmau":
+            benchmark = "mmau-5-shot" if int(options["shots"]) == 5 else None
+    ctx = EvalContext(out_dir=Path(out_dir), mimo=mimo, codec=codec, gen=gen, options={**options, "all_items": items},
                       judge=load_asr_judge(judge, device=dev, mimo=mimo),
                       speaker=load_speaker_encoder(speaker_model, device=dev))
     models = {"lm": str(model) if t.needs_lm else None, "tokenizer": str(tokenizer)}

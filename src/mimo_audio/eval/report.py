@@ -23,6 +23,7 @@ PAPER: dict[tuple[str, str], dict[str, float]] = {
     ("codec", "seed-tts-eval-zh"): {"pesq_nb": 3.30, "pesq_wb": 2.71, "sim": 0.89, "stoi": 0.93},
     ("codec", "seed-tts-eval-en"): {"pesq_nb": 3.02, "pesq_wb": 2.43, "sim": 0.85, "stoi": 0.92},
     ("mcq", "mmau"): {"accuracy": 74.90, "accuracy/speech": 68.47, "accuracy/sound": 82.58, "accuracy/music": 73.65},
+    ("mcq", "mmau-5-shot"): {"accuracy": 66.0, "accuracy/speech": 67.6, "accuracy/sound": 65.2, "accuracy/music": 65.3},
     ("mcq", "mmar"): {"accuracy": 63.60},
     ("mcq", "mmsu"): {"accuracy": 61.70},
     ("mcq", "mmsu-think"): {"accuracy": 62.88},

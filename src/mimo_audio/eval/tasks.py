@@ -349,20 +349,47 @@ def mcq_question(item: dict, fmt: str) -> str:
             "additional explanations or content. Output must match exactly one of the listed choices.")
 
 
+def _mcq_ok(it: dict) -> bool:
+    return it.get("audio") is not None and isinstance(it.get("choices"), list) and bool(it.get("choices")) \
+        and isinstance(it.get("answer"), str)
+
+
+def few_shot_examples(items: list[dict], item: dict, shots: int, seed: int = 42) -> list[dict]:
+    """``shots`` examples for ``item`` drawn from the other items of the whole data set (not the rank's shard, so
+    that the prompt does not depend on the world size); seeded by the seed and the item's id."""
+    import random
+
+    pool = [it for it in items if it["id"] != item["id"] and _mcq_ok(it)]
+    rng = random.Random(f"{seed}:{item['id']}")
+    picked = rng.sample(pool, min(shots, len(pool)))
+    from ..prompt import multiple_choice
+
+    return [{"audio": ex["audio"], "question": multiple_choice(ex.get("question", ""), ex["choices"]),
+             "answer": ex["answer"]} for ex in picked]
+
+
 class MCQ(Task):
-    """Multiple choice over audio (MMAU / MMAR / MMSU style) through the instruct model's understand task."""
+    """Multiple choice over audio (MMAU / MMAR / MMSU style): the instruct model's understand task, or with
+    ``shots`` > 0 the base model's few-shot audio QA (SPEC §6.3.14; MMAU 5-shot in the paper)."""
 
     name = "mcq"
 
     def process(self, ctx, items):
         fmt = ctx.options.get("mcq_format") or "mmau"
         thinking = bool(ctx.options.get("thinking"))
+        shots = int(ctx.options.get("shots") or 0)
         kws = []
         for it in items:
-            ok = it.get("audio") is not None and isinstance(it.get("choices"), list) and it.get("choices") \
-                and isinstance(it.get("answer"), str)
-            kws.append({"audio": it["audio"], "question": mcq_question(it, fmt), "thinking": thinking} if ok else None)
-        reqs, fails = _prepare(ctx, "understand", kws)
+            if not _mcq_ok(it):
+                kws.append(None)
+            elif shots:
+                from ..prompt import multiple_choice
+
+                kws.append({"audio": it["audio"], "question": multiple_choice(it.get("question", ""), it["choices"]),
+                            "examples": few_shot_examples(ctx.options["all_items"], it, shots)})
+            else:
+                kws.append({"audio": it["audio"], "question": mcq_question(it, fmt), "thinking": thinking})
+        reqs, fails = _prepare(ctx, "audio_qa" if shots else "understand", kws)
         replies = _run(ctx, reqs)
         out = []
         for it, kw, fail, reply in zip(items, kws, fails, replies):
