@@ -222,6 +222,13 @@ def test_bad_items_are_recorded_not_fatal(synth, mimo, tmp_path):
     assert recs["gone"]["status"] == "failed" and "nope.wav" in recs["gone"]["reason"]
     assert "'text'" in recs["notext"]["reason"]
     assert "## Failures" in (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    # the missing file appears: a plain rerun keeps the failure, --retry-failed runs the failed items again
+    shutil.copy(synth.parent / good["audio"], tmp_path / "nope.wav")
+    rep = evaluate("asr", str(man), tmp_path / "out", mimo=mimo, progress=False, **GEN)
+    assert rep["count"] == 1 and rep["skipped"] == 3
+    rep = evaluate("asr", str(man), tmp_path / "out", mimo=mimo, progress=False, retry_failed=True, **GEN)
+    assert rep["count"] == 2 and rep["failed"] == 1 and rep["skipped"] == 1
+    assert [r["status"] for r in lines(tmp_path / "out" / "items.jsonl")] == ["ok", "ok", "failed"]
 
 
 # ------------------------------------------------------------------------------------------------ tts, codec

@@ -31,7 +31,8 @@ def evaluate(task: str, data: str, out_dir: str | os.PathLike, *, model: str | N
              tokenizer: str | None = None, mimo: Any = None, codec: Any = None, device: str | None = None,
              dtype: str | None = None, limit: int | None = None, split: str | None = None, judge: str | None = None,
              speaker_model: str | None = None, batch_size: int = 8, benchmark: str | None = None,
-             options: dict | None = None, fresh: bool = False, progress: bool = True, plots: bool = True,
+             options: dict | None = None, fresh: bool = False, retry_failed: bool = False, progress: bool = True,
+             plots: bool = True,
              rank: int | None = None, world: int | None = None, wait_s: float = 6 * 3600.0,
              **gen) -> dict | None:
     """Run ``task`` over ``data`` and write the report into ``out_dir``; returns the report on rank 0, None on
@@ -84,7 +85,7 @@ def evaluate(task: str, data: str, out_dir: str | os.PathLike, *, model: str | N
     settings = {"task": task, "data": _data_key(data), "split": split, **models, "judge": judge,
                 "speaker_model": speaker_model, "gen": gen, "options": options}
     runner = Runner(Path(out_dir) / "parts", settings=settings, batch_size=batch_size, rank=rank, world=world,
-                    progress=progress, wait_s=wait_s, fresh=fresh, desc=task)
+                    progress=progress, wait_s=wait_s, fresh=fresh, retry_failed=retry_failed, desc=task)
     records = runner.run(items, lambda batch: t.process(ctx, batch))
     if records is None:
         return None
@@ -99,7 +100,8 @@ def evaluate(task: str, data: str, out_dir: str | os.PathLike, *, model: str | N
 def bulk(kind: str, manifest: str, output: str | os.PathLike, *, mimo: Any = None, model: str | None = None,
          tokenizer: str | None = None, device: str | None = None, dtype: str | None = None,
          audio_dir: str | os.PathLike | None = None, question: str | None = None, limit: int | None = None,
-         batch_size: int = 8, fresh: bool = False, progress: bool = True, rank: int | None = None,
+         batch_size: int = 8, fresh: bool = False, retry_failed: bool = False, progress: bool = True,
+         rank: int | None = None,
          world: int | None = None, wait_s: float = 6 * 3600.0, **gen) -> list[dict] | None:
     """Bulk inference (``transcribe``, ``speak``, ``understand``) over a manifest; rank 0 writes ``output``
     (JSON lines, atomically) and returns the records. Speech goes to ``audio_dir`` (default ``OUTPUT_audio/``)."""
@@ -129,7 +131,7 @@ def bulk(kind: str, manifest: str, output: str | os.PathLike, *, mimo: Any = Non
     settings = {"kind": kind, "data": _data_key(manifest), "lm": str(model), "tokenizer": str(tokenizer), "gen": gen,
                 "question": question, "audio_dir": str(adir.resolve())}
     runner = Runner(out.with_name(out.name + ".parts"), settings=settings, batch_size=batch_size, rank=rank,
-                    world=world, progress=progress, wait_s=wait_s, fresh=fresh, desc=kind)
+                    world=world, progress=progress, wait_s=wait_s, fresh=fresh, retry_failed=retry_failed, desc=kind)
     records = runner.run(items, lambda b: process_bulk(kind, mimo, b, gen=gen, audio_dir=adir, question=question))
     if records is None:
         return None

@@ -29,6 +29,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--limit", type=int, default=None, help="take only the first N items, in the data's order")
     g.add_argument("--batch-size", type=int, default=8, help="items per generation batch (default: 8)")
     g.add_argument("--fresh", action="store_true", help="discard earlier results in the output instead of resuming")
+    g.add_argument("--retry-failed", action="store_true", help="run again the items an earlier run recorded as failed")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--wait", type=float, default=6 * 3600.0,
                    help="seconds rank 0 waits for the other ranks' results before reporting (default: 6 h)")
@@ -69,7 +70,7 @@ def cmd_eval(args) -> int:
     report = evaluate(args.task, args.data, args.output, model=args.model, tokenizer=args.tokenizer,
                       device=_device(args), dtype=args.dtype, limit=args.limit, split=args.split, judge=args.judge,
                       speaker_model=args.speaker_model, batch_size=args.batch_size, benchmark=args.benchmark,
-                      options=options, fresh=args.fresh, progress=not args.no_progress, plots=not args.no_plots,
+                      options=options, fresh=args.fresh, retry_failed=args.retry_failed, progress=not args.no_progress, plots=not args.no_plots,
                       wait_s=args.wait, **_gen(args))
     if report is None:
         print("results written; rank 0 writes the report", file=sys.stderr)
@@ -85,7 +86,7 @@ def cmd_batch(args) -> int:
 
     records = bulk(args.kind, args.manifest, args.output, model=args.model, tokenizer=args.tokenizer,
                    device=_device(args), dtype=args.dtype, audio_dir=args.audio_dir, question=args.question,
-                   limit=args.limit, batch_size=args.batch_size, fresh=args.fresh, progress=not args.no_progress,
+                   limit=args.limit, batch_size=args.batch_size, fresh=args.fresh, retry_failed=args.retry_failed, progress=not args.no_progress,
                    wait_s=args.wait, **_gen(args))
     if records is not None:
         bad = sum(r.get("status") != "ok" for r in records)

@@ -79,12 +79,13 @@ class Runner:
         settings: what defines the run (compared on resume; keep ``limit`` and batch size out of it);
         batch_size: items per ``process`` call; rank / world: default from the environment;
         progress: show a tqdm bar on stderr; wait_s: how long rank 0 waits for the other ranks' records;
-        fresh: drop this rank's earlier records (and, on rank 0, ``run.json``) before starting.
+        fresh: drop this rank's earlier records (and, on rank 0, ``run.json``) before starting;
+        retry_failed: run again the items whose earlier record is a failure (a later success replaces it).
     """
 
     def __init__(self, parts_dir: str | os.PathLike, *, settings: dict | None = None, batch_size: int = 8,
                  rank: int | None = None, world: int | None = None, progress: bool = True,
-                 wait_s: float = 6 * 3600.0, fresh: bool = False, desc: str = "items"):
+                 wait_s: float = 6 * 3600.0, fresh: bool = False, retry_failed: bool = False, desc: str = "items"):
         if rank is None or world is None:
             rank, world = dist_env()
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -96,6 +97,7 @@ class Runner:
         self.progress = progress
         self.wait_s = float(wait_s)
         self.fresh = fresh
+        self.retry_failed = retry_failed
         self.desc = desc
         self.reused = 0  # records taken from an earlier run
 
@@ -119,10 +121,13 @@ class Runner:
             Path(tmp).write_text(json.dumps(want, indent=1, sort_keys=True), encoding="utf-8")
 
     def done_ids(self) -> dict[str, Record]:
+        """Each recorded item's record: its success if it has one, else its latest failure."""
         done: dict[str, Record] = {}
         for p in sorted(self.parts.glob("rank-*.jsonl")):
             for r in read_records(p):
-                done.setdefault(str(r.get("id")), r)
+                k = str(r.get("id"))
+                if k not in done or done[k].get("status") != "ok":
+                    done[k] = r
         return done
 
     def run(self, items: Sequence[Record], process: Callable[[list[Record]], list[Record]]) -> list[Record] | None:
@@ -141,6 +146,8 @@ class Runner:
         self._check_settings()
         _trim_partial_line(self.part)
         done = self.done_ids()
+        if self.retry_failed:
+            done = {k: r for k, r in done.items() if r.get("status") == "ok"}
         mine = [(i, it) for i, it in enumerate(items) if i % self.world == self.rank]
         todo = [(i, it) for i, it in mine if str(it["id"]) not in done]
         self.reused = sum(1 for i in ids if i in done)
