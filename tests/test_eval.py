@@ -260,6 +260,33 @@ def test_codec_report(synth, fixture_path, tmp_path):
     assert (tmp_path / "c" / "audio" / "utt0.wav").exists() and "spectrograms.png" in rep["plots"]
 
 
+@needs_espeak
+def test_voice_conversion_report(synth, mimo, tmp_path, monkeypatch):
+    from test_cli_tasks import force_speech_in
+
+    if not _have("resemblyzer"):
+        pytest.skip("needs resemblyzer (pip install -e '.[eval]')")
+    force_speech_in(monkeypatch)
+    d = synth.parent
+    row = {"id": "vc0", "audio": str(d / "utt0.wav"), "text": SENTENCES[0],
+           "examples": [{"input": str(d / "utt2.wav"), "output": str(d / "utt1.wav"), "transcript": SENTENCES[1]}]}
+    man = tmp_path / "vc.jsonl"
+    man.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    seen = []
+    original = MimoAudio.prepare
+    monkeypatch.setattr(MimoAudio, "prepare", lambda self, task, **kw: seen.append((task, kw.get("instruction")))
+                        or original(self, task, **kw))
+    rep = evaluate("voice", str(man), tmp_path / "v", mimo=mimo, speaker_model="resemblyzer", progress=False, **GEN)
+    check_report(tmp_path / "v", "voice", 1)
+    from mimo_audio.eval.tasks import VOICE_INSTRUCTION
+
+    assert seen == [("few_shot", VOICE_INSTRUCTION)]
+    (r,) = lines(tmp_path / "v" / "items.jsonl")
+    assert r["status"] == "ok" and Path(r["output"]).exists() and "sim" in r  # a number, or None with sim_error
+    assert (r["sim"] is None) == ("sim_error" in r)
+    assert rep["judges"]["speaker_model"] == "resemblyzer (GE2E)"
+
+
 # ------------------------------------------------------------------------------------------------ mcq, dialogue
 @needs_espeak
 def test_mcq_and_dialogue_reports(synth, mimo, tmp_path):
@@ -328,6 +355,9 @@ def test_data_layouts(tmp_path):
     (it,) = load_items(str(st))
     assert it["text"] == "要说的话" and it["voice"] == str((st / "prompt-wavs" / "p1.wav").resolve())
     assert it["audio_text"] == "提示文本" and it["language"] == "zh"
+    from mimo_audio.eval.tasks import _reference
+
+    assert _reference(it) == "提示文本"  # asr / codec on Seed-TTS-Eval read the prompt clip with its transcript
     assert guess_benchmark("tts", str(st), "seedtts") == "seed-tts-eval-zh"
 
     man = tmp_path / "m.jsonl"

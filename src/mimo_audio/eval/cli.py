@@ -65,7 +65,7 @@ def _gen(args) -> dict:
 def cmd_eval(args) -> int:
     from . import evaluate
 
-    options = {"with_voice": args.with_voice or None, "sim_to_voice": None, "thinking": args.thinking or None,
+    options = {"with_voice": args.with_voice or None, "thinking": args.thinking or None,
                "mcq_format": args.mcq_format, "reply": args.reply, "num_quantizers": args.num_quantizers, "shots": args.shots}
     report = evaluate(args.task, args.data, args.output, model=args.model, tokenizer=args.tokenizer,
                       device=_device(args), dtype=args.dtype, limit=args.limit, split=args.split, judge=args.judge,

@@ -139,13 +139,19 @@ class Task:
         return _rate_metrics(records)
 
 
+def _reference(item: dict) -> str | None:
+    """The transcript of the item's ``audio``: ``audio_text`` where the layout has one (Seed-TTS-Eval's prompt
+    clips), else ``text``."""
+    return item.get("audio_text") or item.get("text")
+
+
 class ASR(Task):
     name = "asr"
 
     def process(self, ctx, items):
         kws = []
         for it in items:
-            ref = it.get("text")
+            ref = _reference(it)
             if it.get("audio") is None or not isinstance(ref, str) or not normalize_text(ref):
                 kws.append(None)
             else:
@@ -161,8 +167,9 @@ class ASR(Task):
                 out.append(fail)
                 continue
             lang = kw["language"]
-            errors, n = word_errors(it["text"], reply.text, lang)
-            out.append({"audio": _describe(it["audio"]), "ref": it["text"], "hyp": reply.text, "language": lang,
+            ref = _reference(it)
+            errors, n = word_errors(ref, reply.text, lang)
+            out.append({"audio": _describe(it["audio"]), "ref": ref, "hyp": reply.text, "language": lang,
                         "speaker": it.get("speaker"), "errors": errors, "ref_tokens": n,
                         "unit": "char" if lang == "zh" else "word", "rate": 100.0 * errors / n,
                         "finish_reason": reply.finish_reason})
@@ -207,7 +214,7 @@ class TTS(Task):
                    "finish_reason": reply.finish_reason}
             clip = to_16k((reply.audio.numpy(), reply.sample_rate))
             _judge_score(ctx, rec, clip, it["text"], lang)
-            _sim(ctx, rec, clip, it.get("voice") if use_voice or ctx.options.get("sim_to_voice") else None)
+            _sim(ctx, rec, clip, it.get("voice") if use_voice else None)
             out.append(rec)
         return out
 
@@ -248,7 +255,7 @@ class Codec(Task):
             ref16 = to_16k((wav.numpy(), codec.sample_rate))
             out16 = to_16k((rec_wav.numpy(), codec.sample_rate))
             rec.update(_intelligibility(ref16, out16))
-            ref_text = it.get("audio_text") or it.get("text")
+            ref_text = _reference(it)
             lang = _language(it, ref_text or "")
             if ctx.judge is not None:
                 if not ref_text:  # no transcript: the judge's reading of the original is the reference
