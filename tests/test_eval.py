@@ -248,7 +248,11 @@ def test_tts_end_to_end_with_the_judge(synth, mimo, tmp_path, monkeypatch):
         wav, sr = sf.read(r["output"])
         assert sr == 24000 and len(wav) / sr == pytest.approx(r["seconds"], abs=1e-3)
         assert Path(r["output"]).parent == out / "audio" and "judge_text" in r and r["unit"] == "word"
-    assert "wer" in rep["metrics"] and "wer_corpus" in rep["metrics"]
+    assert "wer" in rep["metrics"] and "wer_corpus" in rep["metrics"] and rep["notes"] == []
+    # without a judge the report says why there is no WER, and how to get one
+    rep = evaluate("tts", str(synth), tmp_path / "nojudge", mimo=mimo, limit=1, progress=False, **GEN)
+    assert "wer" not in rep["metrics"] and "pass --judge" in rep["notes"][0]
+    assert "Note: no --judge" in (tmp_path / "nojudge" / "report.md").read_text(encoding="utf-8")
 
 
 @needs_espeak
@@ -393,6 +397,13 @@ def test_batch_transcribe_and_speak(synth, fixture_path, tmp_path, capsys, monke
     assert sf.info(recs[0]["output"]).samplerate == 24000
     assert recs[1]["status"] == "failed" and "non-empty 'text'" in recs[1]["reason"]
     assert lines(tmp_path / "s.jsonl") == json.loads(json.dumps(recs))
+    recs = bulk("understand", str(synth), tmp_path / "u.jsonl", mimo=mimo, question="What is said?", limit=1,
+                progress=False, **GEN)
+    assert recs[0]["status"] == "ok" and recs[0]["question"] == "What is said?" and "text" in recs[0]
+    capsys.readouterr()
+    rc = main(["batch", "transcribe", str(synth), "-o", str(tmp_path / "t.txt"), *models(fixture_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "must be a .jsonl file" in err
 
 
 def test_hugging_face_dataset_rows(monkeypatch):

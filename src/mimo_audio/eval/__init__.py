@@ -9,6 +9,7 @@ for plain inference (``mimo-audio batch``). See docs/evaluation.md.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,15 @@ def evaluate(task: str, data: str, out_dir: str | os.PathLike, *, model: str | N
             raise MimoAudioError("shots applies to the mcq task (few-shot audio QA with the Base model)")
         if benchmark == "mmau":
             benchmark = "mmau-5-shot" if int(options["shots"]) == 5 else None
+    notes = []
+    if judge is None and (t.speech_out or options.get("reply") == "speech"):
+        notes.append(f"no --judge: the {task} speech was not transcribed, so there is no WER/CER; pass --judge "
+                     "(tiny.en or base offline with their packages, large-v3 online or as a CTranslate2 folder)")
+    if speaker_model is None and task in ("voice", "few-shot-s2s"):
+        notes.append("no --speaker-model: no speaker similarity (pass --speaker-model resemblyzer)")
+    if (rank if rank is not None else dist_env()[0]) == 0:
+        for n in notes:
+            print(f"mimo-audio eval: note: {n}", file=sys.stderr)
     ctx = EvalContext(out_dir=Path(out_dir), mimo=mimo, codec=codec, gen=gen, options={**options, "all_items": items},
                       judge=load_asr_judge(judge, device=dev, mimo=mimo),
                       speaker=load_speaker_encoder(speaker_model, device=dev))
@@ -94,7 +104,7 @@ def evaluate(task: str, data: str, out_dir: str | os.PathLike, *, model: str | N
     config = {**settings, "limit": limit, "batch_size": batch_size, "world_size": runner.world, "layout": layout,
               "device": dev}
     return write_report(out_dir, task=task, records=records, metrics=metrics, skipped=runner.reused, config=config,
-                        models=models, judges=judges, benchmark=benchmark, plots=plots)
+                        models=models, judges=judges, benchmark=benchmark, plots=plots, notes=notes)
 
 
 def bulk(kind: str, manifest: str, output: str | os.PathLike, *, mimo: Any = None, model: str | None = None,
@@ -106,7 +116,7 @@ def bulk(kind: str, manifest: str, output: str | os.PathLike, *, mimo: Any = Non
     """Bulk inference (``transcribe``, ``speak``, ``understand``) over a manifest; rank 0 writes ``output``
     (JSON lines, atomically) and returns the records. Speech goes to ``audio_dir`` (default ``OUTPUT_audio/``)."""
     from ..checkpoint import INSTRUCT_ID, TOKENIZER_ID
-    from .bulk import KINDS, process_bulk
+    from .jobs import KINDS, process_bulk
     from .runner import write_jsonl
 
     if kind not in KINDS:

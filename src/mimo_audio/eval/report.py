@@ -136,7 +136,8 @@ def _plots(task: str, ok: list[dict], out: Path) -> list[str]:
 
 
 def write_report(out_dir: str | os.PathLike, *, task: str, records: list[dict], metrics: dict, skipped: int,
-                 config: dict, models: dict, judges: dict, benchmark: str | None, plots: bool = True) -> dict:
+                 config: dict, models: dict, judges: dict, benchmark: str | None, plots: bool = True,
+                 notes: list[str] | None = None) -> dict:
     """Write report.json, items.jsonl, report.md and the plots; returns the report dict."""
     from .. import __version__
 
@@ -157,7 +158,7 @@ def write_report(out_dir: str | os.PathLike, *, task: str, records: list[dict], 
     report = {
         "task": task, "metrics": metrics, "count": len(ok), "failed": len(bad), "skipped": skipped,
         "total": len(records), "failure_reasons": reasons, "benchmark": benchmark,
-        "paper": paper or None, "configuration": config, "models": models, "judges": judges, "versions": versions,
+        "paper": paper or None, "notes": list(notes or []), "configuration": config, "models": models, "judges": judges, "versions": versions,
     }
     made = _plots(task, ok, out) if plots and ok else []
     report["plots"] = made
@@ -177,6 +178,7 @@ def write_report(out_dir: str | os.PathLike, *, task: str, records: list[dict], 
               "toolkit's), `*_corpus` total errors over total reference tokens."]
     if task in PAPER_NOTES:
         lines += ["", PAPER_NOTES[task]]
+    lines += [f"\nNote: {n}" for n in notes or []]
     lines += ["", "## Models and judges", ""] + [f"- {k}: {v}" for k, v in {**models, **judges}.items() if v]
     if reasons:
         lines += ["", "## Failures", ""] + [f"- {n} x {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1])]
