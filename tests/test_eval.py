@@ -293,7 +293,7 @@ def test_voice_conversion_report(synth, mimo, tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ mcq, dialogue
 @needs_espeak
-def test_mcq_and_dialogue_reports(synth, mimo, tmp_path):
+def test_mcq_and_dialogue_reports(synth, mimo, tmp_path, fixture_path):
     items = lines(synth)
     mmau = [{"id": f"q{i}", "audio_id": it["audio"], "question": "What is said?",
              "choices": [it["text"], "silence"], "answer": it["text"], "task": "speech" if i else "sound"}
@@ -323,6 +323,22 @@ def test_mcq_and_dialogue_reports(synth, mimo, tmp_path):
     dia.write_text(json.dumps({"id": "d0", "question": "Say yes.", "reference": "yes"}) + "\n", encoding="utf-8")
     rep = evaluate("dialogue", str(dia), tmp_path / "d", mimo=mimo, progress=False, **GEN)
     assert rep["count"] == 1 and "accuracy" in rep["metrics"]
+    # a local judge model (here the fixture LM itself): its verdict decides, the word match is kept beside it
+    judged = []
+    original = MimoAudio.chat
+
+    def chat(self, messages, **kw):
+        judged.append(messages)
+        return original(self, messages, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MimoAudio, "chat", chat)
+        rep = evaluate("dialogue", str(dia), tmp_path / "dj", mimo=mimo, model=str(fixture_path / "lm"),
+                       progress=False, options={"answer_judge": str(fixture_path / "lm")}, **GEN)
+    (r,) = lines(tmp_path / "dj" / "items.jsonl")
+    assert "Reference answer: yes" in judged[0][0][0]["text"] and r["judge_verdict"] in ("yes", "no", None)
+    assert r["correct"] == (r["judge_verdict"] == "yes") and "match" in r
+    assert rep["judges"]["answer_judge"] == str(fixture_path / "lm")
 
 
 # ------------------------------------------------------------------------------------------------ data layouts

@@ -87,11 +87,24 @@ def evaluate(task: str, data: str, out_dir: str | os.PathLike, *, model: str | N
     if (rank if rank is not None else dist_env()[0]) == 0:
         for n in notes:
             print(f"mimo-audio eval: note: {n}", file=sys.stderr)
-    ctx = EvalContext(out_dir=Path(out_dir), mimo=mimo, codec=codec, gen=gen, options={**options, "all_items": items},
+    answer_judge = None
+    if options.get("answer_judge"):
+        if task != "dialogue":
+            raise MimoAudioError("answer_judge applies to the dialogue task")
+        if str(options["answer_judge"]) == str(model):
+            answer_judge = mimo
+        else:
+            from ..pipeline import MimoAudio
+
+            answer_judge = MimoAudio.from_pretrained(options["answer_judge"], tokenizer=tokenizer, device=device,
+                                                     dtype=dtype)
+    ctx = EvalContext(out_dir=Path(out_dir), mimo=mimo, codec=codec, gen=gen,
+                      options={**options, "all_items": items, "answer_judge_model": answer_judge},
                       judge=load_asr_judge(judge, device=dev, mimo=mimo),
                       speaker=load_speaker_encoder(speaker_model, device=dev))
     models = {"lm": str(model) if t.needs_lm else None, "tokenizer": str(tokenizer)}
-    judges = {"asr_judge": getattr(ctx.judge, "id", None), "speaker_model": getattr(ctx.speaker, "id", None)}
+    judges = {"asr_judge": getattr(ctx.judge, "id", None), "speaker_model": getattr(ctx.speaker, "id", None),
+              "answer_judge": options.get("answer_judge")}
     settings = {"task": task, "data": _data_key(data), "split": split, **models, "judge": judge,
                 "speaker_model": speaker_model, "gen": gen, "options": options}
     runner = Runner(Path(out_dir) / "parts", settings=settings, batch_size=batch_size, rank=rank, world=world,

@@ -66,7 +66,7 @@ def cmd_eval(args) -> int:
     from . import evaluate
 
     options = {"with_voice": args.with_voice or None, "thinking": args.thinking or None,
-               "mcq_format": args.mcq_format, "reply": args.reply, "num_quantizers": args.num_quantizers, "shots": args.shots}
+               "mcq_format": args.mcq_format, "reply": args.reply, "num_quantizers": args.num_quantizers, "shots": args.shots, "answer_judge": args.answer_judge}
     report = evaluate(args.task, args.data, args.output, model=args.model, tokenizer=args.tokenizer,
                       device=_device(args), dtype=args.dtype, limit=args.limit, split=args.split, judge=args.judge,
                       speaker_model=args.speaker_model, batch_size=args.batch_size, benchmark=args.benchmark,
@@ -121,6 +121,9 @@ def add_eval_commands(subparsers) -> None:
     p.add_argument("--shots", type=int, default=None, help="mcq: N-shot audio QA for the Base model (examples drawn "
                                                            "from the data set, seed 42; the paper's MMAU is 5-shot)")
     p.add_argument("--reply", choices=("text", "speech"), default=None, help="dialogue: reply in text (default) or speech")
+    p.add_argument("--answer-judge", default=None, metavar="MODEL",
+                   help="dialogue: a local MiMo-Audio LM (folder or hub id) that judges each reply against the "
+                        "reference (YES/NO, greedy) instead of word matching")
     p.add_argument("--num-quantizers", type=int, default=None, help="codec: RVQ codebooks used (default: 8)")
     p.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
     _model_args(p)

@@ -432,7 +432,8 @@ def accuracy_metrics(records: list[dict]) -> dict:
 
 class Dialogue(Task):
     """Spoken or text dialogue scored against a reference answer (no paid judge): a reply is correct when it
-    contains every word token of the reference (:func:`string_match` without other choices)."""
+    contains every word token of the reference (:func:`string_match` without other choices), or, with a local
+    judge model (``answer_judge``), when that model says YES to "does the reply give the reference answer?"."""
 
     name = "dialogue"
 
@@ -476,10 +477,38 @@ class Dialogue(Task):
                     rec["judge_text"] = answer
             rec["correct"] = string_match(answer, it["reference"], [])
             out.append(rec)
+        judge = ctx.options.get("answer_judge_model")
+        if judge is not None:
+            done = [(it, r) for it, r in zip(items, out) if r.get("status") != "failed"]
+            verdicts = judge_answers(judge, [(it.get("question") or "", it["reference"], r.get("judge_text", r["reply"]))
+                                             for it, r in done])
+            for (_, r), (verdict, raw) in zip(done, verdicts):
+                r.update(match=r["correct"], judge_reply=raw, judge_verdict=verdict, correct=verdict == "yes")
         return out
 
     def metrics(self, records):
         return accuracy_metrics(records)
+
+
+ANSWER_JUDGE_PROMPT = ("You are grading a reply against a reference answer.\nQuestion: {question}\n"
+                       "Reference answer: {reference}\nReply: {reply}\n"
+                       "Does the reply give the reference answer? Answer YES or NO only.")
+
+
+def judge_answers(judge, triples: list[tuple[str, str, str]]) -> list[tuple[str | None, str]]:
+    """A local LM judge (a :class:`MimoAudio` in text-dialogue mode, greedy): ``(verdict, raw reply)`` per
+    ``(question, reference, reply)``; the verdict is the first "yes"/"no" word of the judge's answer, None if it
+    gives neither (the item then counts as not correct)."""
+    if not triples:
+        return []
+    msgs = [[{"role": "user", "text": ANSWER_JUDGE_PROMPT.format(question=q or "(spoken)", reference=ref, reply=rep)}]
+            for q, ref, rep in triples]
+    replies = judge.chat(msgs, reply="text", greedy=True, max_new_tokens=16)
+    out = []
+    for r in replies:
+        m = re.search(r"\b(yes|no)\b", r.answer.lower())
+        out.append((m.group(1) if m else None, r.answer))
+    return out
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (ASR(), TTS(), Codec(), Voice(), FewShotS2S(), MCQ(), Dialogue())}
