@@ -291,6 +291,21 @@ def test_voice_conversion_report(synth, mimo, tmp_path, monkeypatch):
     assert rep["judges"]["speaker_model"] == "resemblyzer (GE2E)"
 
 
+@needs_espeak
+def test_pesq_and_stoi_when_installed(synth):
+    pytest.importorskip("pesq", reason="pip install -e '.[quality]'")
+    pytest.importorskip("pystoi", reason="pip install -e '.[quality]'")
+    from mimo_audio.eval.judges import to_16k
+    from mimo_audio.eval.tasks import _intelligibility
+
+    clean = to_16k(str(synth.parent / "utt0.wav"))
+    same = _intelligibility(clean, clean)
+    assert same["stoi"] == pytest.approx(1.0, abs=1e-3) and same["pesq_wb"] > 4.5 and same["pesq_nb"] > 4.4
+    noisy = clean + 0.05 * np.random.default_rng(0).standard_normal(clean.shape).astype(np.float32)
+    worse = _intelligibility(clean, noisy)
+    assert worse["stoi"] < same["stoi"] and worse["pesq_wb"] < same["pesq_wb"] - 1
+
+
 # ------------------------------------------------------------------------------------------------ mcq, dialogue
 @needs_espeak
 def test_mcq_and_dialogue_reports(synth, mimo, tmp_path, fixture_path):
