@@ -454,3 +454,19 @@ def test_hugging_face_dataset_rows(monkeypatch):
     assert it["id"] == "x1" and it["text"] == "hello there" and it["audio"][1] == 16000
     load_items("hf:org/set", split="validation")
     assert calls[-1] == ("org/set", None, "validation")
+
+
+def test_instruct_tts_rows_expand_per_instruction_and_score_per_kind():
+    from mimo_audio.eval.tasks import TTS
+
+    rows = [{"id": "7", "text": "Hi.", "APS": "Speak slowly.", "DSD": "A calm old man.", "RP": ""},
+            {"id": "8", "text": "Yo.", "instruct": "Whisper."}]
+    got = TTS().expand(rows)
+    assert [(g["id"], g.get("instruct"), g.get("category")) for g in got] == [
+        ("7/APS", "Speak slowly.", "APS"), ("7/DSD", "A calm old man.", "DSD"), ("8", "Whisper.", None)]
+    recs = [{"category": "APS", "unit": "word", "errors": 1, "ref_tokens": 2},
+            {"category": "DSD", "unit": "word", "errors": 0, "ref_tokens": 2},
+            {"category": "DSD", "unit": "word", "errors": 3, "ref_tokens": 4}]
+    m = TTS().metrics(recs)  # per-utterance 50, 0, 75 %
+    assert m["wer/APS"] == pytest.approx(50.0) and m["wer/DSD"] == pytest.approx(37.5)
+    assert m["wer"] == pytest.approx(125.0 / 3) and m["wer_corpus"] == pytest.approx(50.0)  # 4 errors / 8 words

@@ -54,7 +54,7 @@ def evaluate(task: str, data: str, out_dir: str | os.PathLike, *, model: str | N
     gen = {k: v for k, v in gen.items() if v is not None and v is not False}
     options = {k: v for k, v in (options or {}).items() if v is not None}
     layout = detect_layout(data)
-    items = load_items(data, limit=limit, split=split)
+    items = t.expand(load_items(data, limit=limit, split=split))
     benchmark = benchmark or guess_benchmark(task, data, layout)
     if options.get("thinking") and benchmark == "mmsu":
         benchmark = "mmsu-think"

@@ -132,6 +132,10 @@ class Task:
     needs_lm = True
     speech_out = False
 
+    def expand(self, items: list[dict]) -> list[dict]:
+        """Items as the task runs them (one data row may become several)."""
+        return items
+
     def process(self, ctx: EvalContext, items: list[dict]) -> list[dict]:
         raise NotImplementedError
 
@@ -176,9 +180,27 @@ class ASR(Task):
         return out
 
 
+INSTRUCT_TTS_FIELDS = ("APS", "DSD", "RP")  # InstructTTSEval: each row spoken once per instruction kind
+
+
 class TTS(Task):
     name = "tts"
     speech_out = True
+
+    def expand(self, items):
+        """An InstructTTSEval-style row (instruction columns ``APS``, ``DSD``, ``RP``) becomes one item per
+        instruction, ``id/KIND`` with ``instruct`` and ``category`` = KIND (as the toolkit renders each item
+        three times)."""
+        out = []
+        for it in items:
+            kinds = [k for k in INSTRUCT_TTS_FIELDS if isinstance(it.get(k), str) and it[k].strip()]
+            if not kinds or it.get("instruct"):
+                out.append(it)
+                continue
+            for k in kinds:
+                row = {f: v for f, v in it.items() if f not in INSTRUCT_TTS_FIELDS}
+                out.append({**row, "id": f"{it['id']}/{k}", "instruct": it[k], "category": k})
+        return out
 
     def process(self, ctx, items):
         use_voice = bool(ctx.options.get("with_voice"))
@@ -208,7 +230,7 @@ class TTS(Task):
                 out.append(failed(f"the model produced no speech (finish: {reply.finish_reason})"))
                 continue
             lang = _language(it)
-            rec = {"text": it["text"], "instruct": it.get("instruct"), "language": lang,
+            rec = {"text": it["text"], "instruct": it.get("instruct"), "category": it.get("category"), "language": lang,
                    "speaker": it.get("speaker"), "seconds": round(reply.duration, 3),
                    "output": _save(ctx, it, reply.audio, reply.sample_rate), "model_text": reply.text,
                    "finish_reason": reply.finish_reason}
@@ -219,7 +241,12 @@ class TTS(Task):
         return out
 
     def metrics(self, records):
-        return {**_rate_metrics(records), **_mean(records, "sim"), **_mean(records, "seconds")}
+        m = {**_rate_metrics(records), **_mean(records, "sim"), **_mean(records, "seconds")}
+        cats = sorted({str(r["category"]) for r in records if r.get("category")})
+        for c in cats:
+            sub = _rate_metrics([r for r in records if str(r.get("category")) == c])
+            m.update({f"{k}/{c}": v for k, v in sub.items() if not k.endswith("_corpus")})
+        return m
 
 
 class Codec(Task):
