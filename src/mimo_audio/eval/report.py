@@ -61,7 +61,7 @@ def guess_benchmark(task: str, data: str, layout: str) -> str | None:
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.4g}" if abs(v) < 10 else f"{v:.2f}"
+        return "nan" if math.isnan(v) else f"{v:.2f}" if v == 0 or abs(v) >= 1 else f"{v:.4g}"
     return str(v)
 
 
