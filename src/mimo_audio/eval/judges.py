@@ -96,8 +96,9 @@ class WhisperJudge:
         self.source = str(source or model)
         self.id = f"faster-whisper:{model}" + (f" ({self.source})" if source is not None and str(source) != model else "")
         dev = "cuda" if str(device).startswith("cuda") else "cpu"
+        index = int(str(device).split(":", 1)[1]) if dev == "cuda" and ":" in str(device) else 0  # the rank's GPU
         try:
-            self.model = WhisperModel(self.source, device=dev, compute_type=compute_type or
+            self.model = WhisperModel(self.source, device=dev, device_index=index, compute_type=compute_type or
                                       ("float16" if dev == "cuda" else "int8"),
                                       cpu_threads=min(8, os.cpu_count() or 1))
         except Exception as exc:  # a name faster-whisper cannot fetch offline, a broken folder
@@ -153,7 +154,7 @@ class ResemblyzerEncoder:
             raise JudgeError(f"speaker similarity needs resemblyzer ({exc}): {INSTALL_EVAL} "
                              "(resemblyzer's webrtcvad needs setuptools<81)") from None
         self._prep = preprocess_wav
-        self.model = VoiceEncoder("cuda" if str(device).startswith("cuda") else "cpu", verbose=False)
+        self.model = VoiceEncoder(str(device) if str(device).startswith("cuda") else "cpu", verbose=False)
         self.id = "resemblyzer (GE2E)"
 
     def embed(self, wav: np.ndarray) -> np.ndarray:
