@@ -249,6 +249,10 @@ def test_tts_end_to_end_with_the_judge(synth, mimo, tmp_path, monkeypatch):
         assert sr == 24000 and len(wav) / sr == pytest.approx(r["seconds"], abs=1e-3)
         assert Path(r["output"]).parent == out / "audio" and "judge_text" in r and r["unit"] == "word"
     assert "wer" in rep["metrics"] and "wer_corpus" in rep["metrics"] and rep["notes"] == []
+    # this project's own model as the judge
+    rep = evaluate("tts", str(synth), tmp_path / "mimojudge", mimo=mimo, judge="mimo", limit=1, progress=False, **GEN)
+    (r,) = lines(tmp_path / "mimojudge" / "items.jsonl")
+    assert rep["judges"]["asr_judge"].startswith("mimo") and isinstance(r["judge_text"], str) and "rate" in r
     # without a judge the report says why there is no WER, and how to get one
     rep = evaluate("tts", str(synth), tmp_path / "nojudge", mimo=mimo, limit=1, progress=False, **GEN)
     assert "wer" not in rep["metrics"] and "pass --judge" in rep["notes"][0]

@@ -100,7 +100,7 @@ def evaluate(task: str, data: str, out_dir: str | os.PathLike, *, model: str | N
                                                      dtype=dtype)
     ctx = EvalContext(out_dir=Path(out_dir), mimo=mimo, codec=codec, gen=gen,
                       options={**options, "all_items": items, "answer_judge_model": answer_judge},
-                      judge=load_asr_judge(judge, device=dev, mimo=mimo),
+                      judge=load_asr_judge(judge, device=dev, mimo=mimo, max_new_tokens=gen.get("max_new_tokens")),
                       speaker=load_speaker_encoder(speaker_model, device=dev))
     models = {"lm": str(model) if t.needs_lm else None, "tokenizer": str(tokenizer)}
     judges = {"asr_judge": getattr(ctx.judge, "id", None), "speaker_model": getattr(ctx.speaker, "id", None),

@@ -133,12 +133,13 @@ class MimoJudge:
                                          max_new_tokens=self.max_new_tokens))
 
 
-def load_asr_judge(spec: str | None, *, device: str = "cpu", mimo=None):
-    """``--judge`` -> a judge with ``transcribe(clips_16k, language)`` and an ``id``; None for no judge."""
+def load_asr_judge(spec: str | None, *, device: str = "cpu", mimo=None, max_new_tokens: int | None = None):
+    """``--judge`` -> a judge with ``transcribe(clips_16k, language)`` and an ``id``; None for no judge.
+    ``max_new_tokens`` limits the ``mimo`` judge's transcripts (the run's ``--max-new-tokens``)."""
     if not spec:
         return None
     if spec == "mimo":
-        return MimoJudge(mimo)
+        return MimoJudge(mimo, max_new_tokens)
     return WhisperJudge(spec, device=device)
 
 
