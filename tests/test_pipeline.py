@@ -146,6 +146,18 @@ def test_few_shot_and_continuation(mimo, clips, manifest):
     assert r.codes.shape[0] <= math.ceil(0.3 * mimo.frames_per_second)
 
 
+def test_audio_qa_prepare_builds_the_base_prompts(mimo, clips):
+    codes = [mimo.encode(c) for c in clips[:2]]
+    req = mimo.prepare("audio_qa", audio=clips[1], question="Who?")
+    assert torch.equal(req.grid, mimo.prompts.audio_qa(codes[1], "Who?")) and not req.audio_out
+    ex = [{"audio": clips[0], "question": "Who?", "answer": "a man"}]
+    req = mimo.prepare("audio_qa", audio=clips[1], question="Who?", examples=ex)
+    want = mimo.prompts.audio_qa_few_shot([{**ex[0], "audio": codes[0]}], codes[1], "Who?")
+    assert torch.equal(req.grid, want) and req.config.max_new_tokens == 256
+    with pytest.raises(PromptError, match="example 0"):
+        mimo.prepare("audio_qa", audio=clips[1], question="Who?", examples=["x"])
+
+
 # ------------------------------------------------------------------------------------------ invariants
 def test_seeded_reproducibility(mimo):
     a = mimo.speak("Seeded speech.", seed=7, max_new_tokens=16)

@@ -472,8 +472,8 @@ def test_split_thinking():
 
 
 # The modules whose docstrings hold runnable ``>>>`` examples (codec's are all ``+SKIP``: they need a checkpoint).
-DOCTEST_MODULES = ("mimo_audio.delay", "mimo_audio.layers", "mimo_audio.prompt", "mimo_audio.sampling",
-                   "mimo_audio.tasks.common")
+DOCTEST_MODULES = ("mimo_audio.delay", "mimo_audio.eval.scoring", "mimo_audio.layers", "mimo_audio.prompt",
+                   "mimo_audio.sampling", "mimo_audio.tasks.common")
 
 
 @pytest.mark.parametrize("name", DOCTEST_MODULES)

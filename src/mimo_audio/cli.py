@@ -2,8 +2,8 @@
 
 ``main(argv)`` builds one parser with a subcommand per job. Each group of commands registers itself with a
 function ``add_<group>_commands(subparsers)`` that adds its parsers and sets ``func`` (``args -> exit code``)
-as a default: ``codec`` here, the tasks in :mod:`mimo_audio.cli_tasks`, ``serve`` in :mod:`mimo_audio.server.cli`,
-``data`` in :mod:`mimo_audio.cli_data`.
+as a default: ``codec`` here, the tasks in :mod:`mimo_audio.cli_tasks`, ``eval`` and ``batch`` in
+:mod:`mimo_audio.eval.cli`, ``serve`` in :mod:`mimo_audio.server.cli`, ``data`` in :mod:`mimo_audio.cli_data`.
 
 Errors the user can cause (:class:`~mimo_audio.errors.MimoAudioError`, ``OSError``) print one line,
 ``mimo-audio: error: ...``, on stderr and exit with status 2, without a traceback.
@@ -175,10 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from .cli_data import add_data_commands
     from .cli_tasks import add_task_commands
+    from .eval.cli import add_eval_commands
     from .server.cli import add_serve_command
 
     add_codec_commands(subparsers)
     add_task_commands(subparsers)
+    add_eval_commands(subparsers)
     add_serve_command(subparsers)
     add_data_commands(subparsers)
     return parser

@@ -264,6 +264,8 @@ class MimoAudio:
         - ``"few_shot"``: ``examples`` (dicts with ``input``, ``output``, ``transcript``), ``audio``,
           ``instruction=None``
         - ``"continue"``: ``audio``, ``seconds=10.0``, ``transcript=None`` (the prompt audio's words, optional)
+        - ``"audio_qa"`` (Base model, SPEC §6.3.13-14): ``audio``, ``question=""``, ``examples=None`` (dicts with
+          ``audio``, ``question``, ``answer``: the few-shot form)
 
         Common: ``seed``, ``max_new_tokens`` (LM steps; one step is a text token or 0.16 s of audio), ``greedy``,
         text-sampler ``temperature``/``top_k``/``top_p``, patch-sampler ``audio_temperature``/``audio_top_k``/
@@ -353,6 +355,19 @@ class MimoAudio:
                             "transcript": t})
         codes = self._codes(audio, sample_rate, "audio")
         return "few_shot", self.prompts.few_shot(encoded, codes, instruction=instruction), {}
+
+    def _prep_audio_qa(self, audio, question: str = "", *, examples=None, sample_rate=None):
+        codes = self._codes(audio, sample_rate, "audio")
+        if not examples:
+            return "audio_qa", self.prompts.audio_qa(codes, question), {}
+        if not isinstance(examples, (list, tuple)):
+            raise PromptError("examples must be a list of dicts {'audio', 'question', 'answer'}")
+        encoded = []
+        for k, ex in enumerate(examples):
+            if not isinstance(ex, dict):
+                raise PromptError(f"example {k} must be a dict with 'audio', 'question' and 'answer'")
+            encoded.append({**ex, "audio": self._codes(ex.get("audio"), sample_rate, f"example {k} audio")})
+        return "audio_qa_few_shot", self.prompts.audio_qa_few_shot(encoded, codes, question), {}
 
     def _prep_continue(self, audio, *, seconds: float = 10.0, transcript: str | None = None, sample_rate=None):
         try:

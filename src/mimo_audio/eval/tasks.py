@@ -1,0 +1,547 @@
+"""The evaluation tasks: how each one runs a batch of items and how its records become metrics.
+
+Each task is a :class:`Task` with ``process(ctx, items) -> records`` (one dict per item; a failing item is
+``{"status": "failed", "reason": ...}``) and ``metrics(records) -> dict`` over the items that succeeded. Rates
+(WER, CER, accuracy) are in percent, as the paper prints them; similarities are cosines in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MimoAudioError
+from .judges import JUDGE_RATE, similarity, to_16k
+from .scoring import error_rates, is_chinese, normalize_text, score_choice, string_match, word_errors
+
+VOICE_INSTRUCTION = "Convert the timbre of the input speech to target timbre."
+MMSU_INSTRUCTION = ("Choose the most suitable answer from options A, B, C, and D to respond the question in next line, "
+                    "**you should only choose A or B or C or D.** Do not provide any additional explanations or content.")
+
+
+@dataclass
+class EvalContext:
+    """What a task needs: the models, the judges, generation settings and where to put audio."""
+
+    out_dir: Path
+    mimo: Any = None
+    codec: Any = None
+    judge: Any = None
+    speaker: Any = None
+    gen: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+
+    @property
+    def audio_dir(self) -> Path:
+        d = self.out_dir / "audio"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+def failed(reason: str) -> dict:
+    return {"status": "failed", "reason": reason}
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name))[:120] or "item"
+
+
+def _language(item: dict, text: str = "") -> str:
+    lang = item.get("language")
+    if lang in ("en", "zh"):
+        return lang
+    return "zh" if is_chinese(text or str(item.get("text", ""))) else "en"
+
+
+def _describe(audio: Any) -> Any:
+    return audio if isinstance(audio, str) else ("<array>" if audio is not None else None)
+
+
+def _prepare(ctx: EvalContext, task: str, kwargs_list: list[dict | None]) -> tuple[list, list[dict | None]]:
+    """Prepare each item's request; a bad item becomes a failure record instead of stopping the batch."""
+    reqs, fails = [], []
+    for kw in kwargs_list:
+        if kw is None:
+            reqs.append(None)
+            fails.append(None)
+            continue
+        try:
+            reqs.append(ctx.mimo.prepare(task, **kw, **ctx.gen))
+            fails.append(None)
+        except MimoAudioError as exc:
+            reqs.append(None)
+            fails.append(failed(f"{type(exc).__name__}: {' '.join(str(exc).split())}"))
+    return reqs, fails
+
+
+def _run(ctx: EvalContext, reqs: list) -> list:
+    live = [r for r in reqs if r is not None]
+    out = iter(ctx.mimo.run(live)) if live else iter(())
+    return [next(out) if r is not None else None for r in reqs]
+
+
+def _save(ctx: EvalContext, item: dict, wav, rate: int, suffix: str = "") -> str:
+    from ..audio import save_audio
+
+    return str(save_audio(ctx.audio_dir / f"{_safe(item['id'])}{suffix}.wav", wav, rate))
+
+
+def _judge_score(ctx: EvalContext, rec: dict, clip16: np.ndarray, ref: str, lang: str) -> None:
+    if ctx.judge is None or not ref:
+        return
+    hyp = ctx.judge.transcribe([clip16], language=lang)[0]
+    errors, n = word_errors(ref, hyp, lang)
+    rec.update(judge_text=hyp, errors=errors, ref_tokens=n, unit="char" if lang == "zh" else "word",
+               rate=100.0 * errors / n if n else None)
+
+
+def _sim(ctx: EvalContext, rec: dict, clip16: np.ndarray, voice: Any) -> None:
+    """Speaker similarity of ``clip16`` to ``voice``; a clip the encoder cannot embed (no voiced frames) gets
+    ``sim: None`` and the reason in ``sim_error`` (left out of the mean; the item's other scores still count)."""
+    if ctx.speaker is None or voice is None:
+        return
+    try:
+        rec["sim"] = similarity(ctx.speaker, clip16, voice if isinstance(voice, np.ndarray) else to_16k(voice))
+    except MimoAudioError as exc:
+        rec["sim"], rec["sim_error"] = None, str(exc)
+
+
+def _rate_metrics(records: list[dict]) -> dict:
+    m: dict[str, float] = {}
+    for unit, key in (("word", "wer"), ("char", "cer")):
+        pairs = [(r["errors"], r["ref_tokens"]) for r in records if r.get("unit") == unit and "errors" in r]
+        if pairs:
+            er = error_rates(pairs)
+            m[key], m[f"{key}_corpus"] = er["mean"], er["corpus"]
+    return m
+
+
+def _mean(records: list[dict], key: str) -> dict:
+    vals = [r[key] for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    return {key: float(np.mean(vals))} if vals else {}
+
+
+# ============================================================================================ tasks
+class Task:
+    name = ""
+    needs_lm = True
+    speech_out = False
+
+    def expand(self, items: list[dict]) -> list[dict]:
+        """Items as the task runs them (one data row may become several)."""
+        return items
+
+    def process(self, ctx: EvalContext, items: list[dict]) -> list[dict]:
+        raise NotImplementedError
+
+    def metrics(self, records: list[dict]) -> dict:
+        return _rate_metrics(records)
+
+
+def _reference(item: dict) -> str | None:
+    """The transcript of the item's ``audio``: ``audio_text`` where the layout has one (Seed-TTS-Eval's prompt
+    clips), else ``text``."""
+    return item.get("audio_text") or item.get("text")
+
+
+class ASR(Task):
+    name = "asr"
+
+    def process(self, ctx, items):
+        kws = []
+        for it in items:
+            ref = _reference(it)
+            if it.get("audio") is None or not isinstance(ref, str) or not normalize_text(ref):
+                kws.append(None)
+            else:
+                kws.append({"audio": it["audio"], "language": _language(it, ref)})
+        reqs, fails = _prepare(ctx, "transcribe", kws)
+        replies = _run(ctx, reqs)
+        out = []
+        for it, kw, fail, reply in zip(items, kws, fails, replies):
+            if kw is None:
+                out.append(failed("the item needs 'audio' and a non-empty 'text' (the reference transcript)"))
+                continue
+            if fail is not None:
+                out.append(fail)
+                continue
+            lang = kw["language"]
+            ref = _reference(it)
+            errors, n = word_errors(ref, reply.text, lang)
+            out.append({"audio": _describe(it["audio"]), "ref": ref, "hyp": reply.text, "language": lang,
+                        "speaker": it.get("speaker"), "errors": errors, "ref_tokens": n,
+                        "unit": "char" if lang == "zh" else "word", "rate": 100.0 * errors / n,
+                        "finish_reason": reply.finish_reason})
+        return out
+
+
+INSTRUCT_TTS_FIELDS = ("APS", "DSD", "RP")  # InstructTTSEval: each row spoken once per instruction kind
+
+
+class TTS(Task):
+    name = "tts"
+    speech_out = True
+
+    def expand(self, items):
+        """An InstructTTSEval-style row (instruction columns ``APS``, ``DSD``, ``RP``) becomes one item per
+        instruction, ``id/KIND`` with ``instruct`` and ``category`` = KIND (as the toolkit renders each item
+        three times)."""
+        out = []
+        for it in items:
+            kinds = [k for k in INSTRUCT_TTS_FIELDS if isinstance(it.get(k), str) and it[k].strip()]
+            if not kinds or it.get("instruct"):
+                out.append(it)
+                continue
+            for k in kinds:
+                row = {f: v for f, v in it.items() if f not in INSTRUCT_TTS_FIELDS}
+                out.append({**row, "id": f"{it['id']}/{k}", "instruct": it[k], "category": k})
+        return out
+
+    def process(self, ctx, items):
+        use_voice = bool(ctx.options.get("with_voice"))
+        kws = []
+        for it in items:
+            text = it.get("text")
+            if not isinstance(text, str) or not text.strip():
+                kws.append(None)
+                continue
+            kw: dict[str, Any] = {"text": text}
+            if it.get("instruct"):
+                kw["instruct"] = it["instruct"]
+            if use_voice and it.get("voice") is not None:
+                kw["voice"] = it["voice"]
+            kws.append(kw)
+        reqs, fails = _prepare(ctx, "speak", kws)
+        replies = _run(ctx, reqs)
+        out = []
+        for it, kw, fail, reply in zip(items, kws, fails, replies):
+            if kw is None:
+                out.append(failed("the item needs a non-empty 'text' to speak"))
+                continue
+            if fail is not None:
+                out.append(fail)
+                continue
+            if reply.audio is None or reply.audio.numel() == 0:
+                out.append(failed(f"the model produced no speech (finish: {reply.finish_reason})"))
+                continue
+            lang = _language(it)
+            rec = {"text": it["text"], "instruct": it.get("instruct"), "category": it.get("category"), "language": lang,
+                   "speaker": it.get("speaker"), "seconds": round(reply.duration, 3),
+                   "output": _save(ctx, it, reply.audio, reply.sample_rate), "model_text": reply.text,
+                   "finish_reason": reply.finish_reason}
+            clip = to_16k((reply.audio.numpy(), reply.sample_rate))
+            _judge_score(ctx, rec, clip, it["text"], lang)
+            _sim(ctx, rec, clip, it.get("voice") if use_voice else None)
+            out.append(rec)
+        return out
+
+    def metrics(self, records):
+        m = {**_rate_metrics(records), **_mean(records, "sim"), **_mean(records, "seconds")}
+        cats = sorted({str(r["category"]) for r in records if r.get("category")})
+        for c in cats:
+            sub = _rate_metrics([r for r in records if str(r.get("category")) == c])
+            m.update({f"{k}/{c}": v for k, v in sub.items() if not k.endswith("_corpus")})
+        return m
+
+
+class Codec(Task):
+    name = "codec"
+    needs_lm = False
+    speech_out = True
+
+    def process(self, ctx, items):
+        import torch
+
+        from ..audio import load_audio, log_mel
+
+        codec = ctx.codec
+        out = []
+        for it in items:
+            if it.get("audio") is None:
+                out.append(failed("the item needs 'audio'"))
+                continue
+            try:
+                wav = load_audio(it["audio"], target_rate=codec.sample_rate, max_seconds=codec.config.max_audio_seconds)
+            except MimoAudioError as exc:
+                out.append(failed(f"{type(exc).__name__}: {exc}"))
+                continue
+            nq = int(ctx.options.get("num_quantizers") or 8)
+            codes = codec.encode_loaded(wav, nq)
+            rec_wav = codec.decode(codes).float().cpu()[: wav.shape[0]]
+            if rec_wav.shape[0] < wav.shape[0]:
+                rec_wav = torch.nn.functional.pad(rec_wav, (0, wav.shape[0] - rec_wav.shape[0]))
+            m1, m2 = log_mel(wav, codec.config), log_mel(rec_wav, codec.config)
+            rec = {"audio": _describe(it["audio"]), "seconds": round(wav.shape[0] / codec.sample_rate, 3),
+                   "frames": int(codes.shape[0]), "mel_distance": float((m1 - m2).abs().mean()),
+                   "output": _save(ctx, it, rec_wav, codec.sample_rate), "speaker": it.get("speaker")}
+            ref16 = to_16k((wav.numpy(), codec.sample_rate))
+            out16 = to_16k((rec_wav.numpy(), codec.sample_rate))
+            rec.update(_intelligibility(ref16, out16))
+            ref_text = _reference(it)
+            lang = _language(it, ref_text or "")
+            if ctx.judge is not None:
+                if not ref_text:  # no transcript: the judge's reading of the original is the reference
+                    ref_text = ctx.judge.transcribe([ref16], language=lang)[0]
+                    rec["ref_from_judge"] = True
+                rec["ref"] = ref_text
+                _judge_score(ctx, rec, out16, ref_text, lang)
+            _sim(ctx, rec, out16, ref16)
+            out.append(rec)
+        return out
+
+    def metrics(self, records):
+        m = {**_mean(records, "mel_distance")}
+        for k in ("stoi", "pesq_wb", "pesq_nb", "sim"):
+            m.update(_mean(records, k))
+        m.update(_rate_metrics(records))
+        return m
+
+
+def _intelligibility(ref16: np.ndarray, out16: np.ndarray) -> dict:
+    """STOI and wide/narrow-band PESQ when pystoi / pesq are installed (optional; absent keys otherwise)."""
+    res: dict[str, float] = {}
+    try:
+        from pystoi import stoi
+
+        res["stoi"] = float(stoi(ref16, out16, JUDGE_RATE, extended=False))
+    except ImportError:
+        pass
+    try:
+        from pesq import pesq
+
+        res["pesq_wb"] = float(pesq(JUDGE_RATE, ref16, out16, "wb"))
+        res["pesq_nb"] = float(pesq(JUDGE_RATE, ref16, out16, "nb"))
+    except ImportError:
+        pass
+    except Exception:  # pesq refuses silent or too-short clips
+        pass
+    return res
+
+
+class FewShotS2S(Task):
+    """In-context speech-to-speech (base model): ``examples`` of {input, output, transcript} and the ``audio``."""
+
+    name = "few-shot-s2s"
+    speech_out = True
+    default_instruction: str | None = None
+
+    def process(self, ctx, items):
+        kws = []
+        for it in items:
+            ex = it.get("examples")
+            if it.get("audio") is None or not isinstance(ex, list) or not ex:
+                kws.append(None)
+                continue
+            kws.append({"examples": ex, "audio": it["audio"],
+                        "instruction": it.get("instruction", self.default_instruction)})
+        reqs, fails = _prepare(ctx, "few_shot", kws)
+        replies = _run(ctx, reqs)
+        out = []
+        for it, kw, fail, reply in zip(items, kws, fails, replies):
+            if kw is None:
+                out.append(failed("the item needs 'audio' and a non-empty list 'examples' of {input, output, "
+                                  "transcript}"))
+                continue
+            if fail is not None:
+                out.append(fail)
+                continue
+            if reply.audio is None or reply.audio.numel() == 0:
+                out.append(failed(f"the model produced no speech (finish: {reply.finish_reason})"))
+                continue
+            lang = _language(it)
+            rec = {"audio": _describe(it["audio"]), "text": it.get("text"), "model_text": reply.text,
+                   "seconds": round(reply.duration, 3), "output": _save(ctx, it, reply.audio, reply.sample_rate),
+                   "speaker": it.get("speaker")}
+            clip = to_16k((reply.audio.numpy(), reply.sample_rate))
+            _judge_score(ctx, rec, clip, it.get("text") or "", lang)
+            target = it.get("target_voice") or it["examples"][-1].get("output")
+            _sim(ctx, rec, clip, target)
+            out.append(rec)
+        return out
+
+    def metrics(self, records):
+        return {**_mean(records, "sim"), **_rate_metrics(records)}
+
+
+class Voice(FewShotS2S):
+    name = "voice"
+    default_instruction = VOICE_INSTRUCTION
+
+
+def mcq_question(item: dict, fmt: str) -> str:
+    q, choices = item.get("question", ""), list(item.get("choices") or [])
+    if fmt == "mmsu":
+        letters = "".join(f"{'ABCD'[k]}. {c}\n" for k, c in enumerate(choices[:4]))
+        return f"{MMSU_INSTRUCTION}\n\nQuestion: {q}\n\n{letters}".rstrip("\n")
+    body = "".join(f"{c}\n" for c in choices)
+    return (f"{q}\n\nChoice: \n{body}\nChoose a choices from the given {len(choices)} choices. Do not provide any "
+            "additional explanations or content. Output must match exactly one of the listed choices.")
+
+
+def _mcq_ok(it: dict) -> bool:
+    return it.get("audio") is not None and isinstance(it.get("choices"), list) and bool(it.get("choices")) \
+        and isinstance(it.get("answer"), str)
+
+
+def few_shot_examples(items: list[dict], item: dict, shots: int, seed: int = 42) -> list[dict]:
+    """``shots`` examples for ``item`` drawn from the other items of the whole data set (not the rank's shard, so
+    that the prompt does not depend on the world size); seeded by the seed and the item's id."""
+    import random
+
+    pool = [it for it in items if it["id"] != item["id"] and _mcq_ok(it)]
+    rng = random.Random(f"{seed}:{item['id']}")
+    picked = rng.sample(pool, min(shots, len(pool)))
+    from ..prompt import multiple_choice
+
+    return [{"audio": ex["audio"], "question": multiple_choice(ex.get("question", ""), ex["choices"]),
+             "answer": ex["answer"]} for ex in picked]
+
+
+class MCQ(Task):
+    """Multiple choice over audio (MMAU / MMAR / MMSU style): the instruct model's understand task, or with
+    ``shots`` > 0 the base model's few-shot audio QA (SPEC §6.3.14; MMAU 5-shot in the paper)."""
+
+    name = "mcq"
+
+    def process(self, ctx, items):
+        fmt = ctx.options.get("mcq_format") or "mmau"
+        thinking = bool(ctx.options.get("thinking"))
+        shots = int(ctx.options.get("shots") or 0)
+        kws = []
+        for it in items:
+            if not _mcq_ok(it):
+                kws.append(None)
+            elif shots:
+                from ..prompt import multiple_choice
+
+                kws.append({"audio": it["audio"], "question": multiple_choice(it.get("question", ""), it["choices"]),
+                            "examples": few_shot_examples(ctx.options["all_items"], it, shots)})
+            else:
+                kws.append({"audio": it["audio"], "question": mcq_question(it, fmt), "thinking": thinking})
+        reqs, fails = _prepare(ctx, "audio_qa" if shots else "understand", kws)
+        replies = _run(ctx, reqs)
+        out = []
+        for it, kw, fail, reply in zip(items, kws, fails, replies):
+            if kw is None:
+                out.append(failed("the item needs 'audio', 'question', a list 'choices' and the 'answer' string"))
+                continue
+            if fail is not None:
+                out.append(fail)
+                continue
+            rule = "letter" if fmt == "mmsu" else "string"
+            s = score_choice(reply.text, it["answer"], it["choices"], rule=rule, thinking=thinking)
+            out.append({"audio": _describe(it["audio"]), "question": it.get("question"), "answer": it["answer"],
+                        "reply": reply.text, "prediction": s["prediction"], "correct": s["correct"],
+                        "category": it.get("category"), "finish_reason": reply.finish_reason})
+        return out
+
+    def metrics(self, records):
+        return accuracy_metrics(records)
+
+
+def accuracy_metrics(records: list[dict]) -> dict:
+    m: dict[str, float] = {}
+    if records:
+        m["accuracy"] = 100.0 * sum(bool(r.get("correct")) for r in records) / len(records)
+    cats: dict[str, list[bool]] = {}
+    for r in records:
+        if r.get("category"):
+            cats.setdefault(str(r["category"]), []).append(bool(r.get("correct")))
+    for c, v in sorted(cats.items()):
+        m[f"accuracy/{c}"] = 100.0 * sum(v) / len(v)
+    return m
+
+
+class Dialogue(Task):
+    """Spoken or text dialogue scored against a reference answer (no paid judge): a reply is correct when it
+    contains every word token of the reference (:func:`string_match` without other choices), or, with a local
+    judge model (``answer_judge``), when that model says YES to "does the reply give the reference answer?"."""
+
+    name = "dialogue"
+
+    def process(self, ctx, items):
+        reply_kind = ctx.options.get("reply") or "text"
+        kws = []
+        for it in items:
+            if not isinstance(it.get("reference"), str) or (it.get("audio") is None and not it.get("question")):
+                kws.append(None)
+                continue
+            msg: dict[str, Any] = {"role": "user"}
+            if it.get("audio") is not None:
+                msg["audio"] = it["audio"]
+            if it.get("question"):
+                msg["text"] = it["question"]
+            kw: dict[str, Any] = {"messages": [msg], "reply": reply_kind}
+            if reply_kind == "speech" and it.get("voice") is not None:
+                kw["voice"] = it["voice"]
+            kws.append(kw)
+        reqs, fails = _prepare(ctx, "chat", kws)
+        replies = _run(ctx, reqs)
+        out = []
+        for it, kw, fail, reply in zip(items, kws, fails, replies):
+            if kw is None:
+                out.append(failed("the item needs a 'reference' answer and 'audio' or 'question'"))
+                continue
+            if fail is not None:
+                out.append(fail)
+                continue
+            rec = {"audio": _describe(it.get("audio")), "question": it.get("question"), "reference": it["reference"],
+                   "reply": reply.answer, "category": it.get("category"), "finish_reason": reply.finish_reason}
+            answer = reply.answer
+            if reply_kind == "speech":
+                if reply.audio is None or reply.audio.numel() == 0:
+                    out.append(failed(f"the model produced no speech (finish: {reply.finish_reason})"))
+                    continue
+                rec["output"] = _save(ctx, it, reply.audio, reply.sample_rate)
+                if ctx.judge is not None:
+                    answer = ctx.judge.transcribe([to_16k((reply.audio.numpy(), reply.sample_rate))],
+                                                  language=_language(it, it["reference"]))[0]
+                    rec["judge_text"] = answer
+            rec["correct"] = string_match(answer, it["reference"], [])
+            out.append(rec)
+        judge = ctx.options.get("answer_judge_model")
+        if judge is not None:
+            done = [(it, r) for it, r in zip(items, out) if r.get("status") != "failed"]
+            verdicts = judge_answers(judge, [(it.get("question") or "", it["reference"], r.get("judge_text", r["reply"]))
+                                             for it, r in done])
+            for (_, r), (verdict, raw) in zip(done, verdicts):
+                r.update(match=r["correct"], judge_reply=raw, judge_verdict=verdict, correct=verdict == "yes")
+        return out
+
+    def metrics(self, records):
+        return accuracy_metrics(records)
+
+
+ANSWER_JUDGE_PROMPT = ("You are grading a reply against a reference answer.\nQuestion: {question}\n"
+                       "Reference answer: {reference}\nReply: {reply}\n"
+                       "Does the reply give the reference answer? Answer YES or NO only.")
+
+
+def judge_answers(judge, triples: list[tuple[str, str, str]]) -> list[tuple[str | None, str]]:
+    """A local LM judge (a :class:`MimoAudio` in text-dialogue mode, greedy): ``(verdict, raw reply)`` per
+    ``(question, reference, reply)``; the verdict is the first "yes"/"no" word of the judge's answer, None if it
+    gives neither (the item then counts as not correct)."""
+    if not triples:
+        return []
+    msgs = [[{"role": "user", "text": ANSWER_JUDGE_PROMPT.format(question=q or "(spoken)", reference=ref, reply=rep)}]
+            for q, ref, rep in triples]
+    replies = judge.chat(msgs, reply="text", greedy=True, max_new_tokens=16)
+    out = []
+    for r in replies:
+        m = re.search(r"\b(yes|no)\b", r.answer.lower())
+        out.append((m.group(1) if m else None, r.answer))
+    return out
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (ASR(), TTS(), Codec(), Voice(), FewShotS2S(), MCQ(), Dialogue())}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise MimoAudioError(f"unknown eval task {name!r}; use one of {', '.join(TASKS)}")
+    return TASKS[name]
