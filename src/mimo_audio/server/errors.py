@@ -33,10 +33,15 @@ _TYPES = {
 }
 
 
+def _text(value: str | None) -> str | None:
+    """A string safe to encode as UTF-8 JSON: lone surrogates from a client's input become ``\\udXXX``."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(value, str) else value
+
+
 def error_body(status: int, message: str, *, type: str | None = None, param: str | None = None,
                code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type or _TYPES.get(status, "server_error"),
-                      "param": param, "code": code}}
+    return {"error": {"message": _text(message), "type": type or _TYPES.get(status, "server_error"),
+                      "param": _text(param), "code": _text(code)}}
 
 
 def error_response(status: int, message: str, *, type: str | None = None, param: str | None = None,
@@ -113,6 +118,9 @@ def install_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {}
         param = _loc_to_param(first.get("loc", ()))
         kind = first.get("type", "")
+        if kind == "lone_surrogate":
+            param = (first.get("ctx") or {}).get("param")
+            return error_response(400, first.get("msg", "invalid text"), param=param, code="invalid_unicode")
         if kind == "json_invalid":
             message = "The request body is not valid JSON"
         elif kind == "missing":

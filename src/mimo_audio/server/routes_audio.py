@@ -21,7 +21,7 @@ from .media import (
     to_srt,
     to_vtt,
 )
-from .schemas import SpeechRequest
+from .schemas import SpeechRequest, find_surrogate, surrogate_error
 from .service import JobStream, Service, cancel_jobs, tensor_to_numpy
 from .sse import PING, SSE_HEADERS, event
 
@@ -145,6 +145,11 @@ async def create_transcription(
     timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
 ):
     svc = _service(request)
+    fields = {"model": model, "language": language, "prompt": prompt, "response_format": response_format,
+              "timestamp_granularities[]": timestamp_granularities}
+    where = find_surrogate({k: v for k, v in fields.items() if v is not None})
+    if where is not None:
+        raise bad_request(surrogate_error(where), where, code="invalid_unicode")
     svc.check_model(model)
     fmt = (response_format or "json").lower()
     if fmt not in TRANSCRIPT_FORMATS:

@@ -8,11 +8,51 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+
+def find_surrogate(value: Any, path: str = "") -> str | None:
+    """The path (``messages[0].role``) of the first string in ``value`` (JSON-like: dicts, lists, strings) that
+    holds a lone UTF-16 surrogate (JSON allows ``"\\ud800"``; such text cannot be encoded, tokenized or echoed), else
+    None. Dict keys are checked too."""
+    stack = [(path, value)]
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return where or "body"
+        elif isinstance(v, dict):
+            for k, item in v.items():
+                stack.append((where + "." + str(k) if where else str(k), k))
+                stack.append((where + "." + str(k) if where else str(k), item))
+        elif isinstance(v, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(v))
+    return None
+
+
+def surrogate_error(param: str) -> str:
+    return (f"'{param.encode('utf-8', 'backslashreplace').decode()}' holds a lone UTF-16 surrogate "
+            "(such as \\ud800), which is not valid Unicode text; send well-formed UTF-8")
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+class _Request(_Body):
+    """A whole request body: any string in it holding a lone surrogate is refused (400) before the fields are
+    read, so no such string reaches a message, a log line or the tokenizer."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_surrogates(cls, data: Any) -> Any:
+        where = find_surrogate(data)
+        if where is not None:
+            raise PydanticCustomError("lone_surrogate", surrogate_error(where), {"param": where})
+        return data
 
 
 class Sampling(_Body):
@@ -25,7 +65,7 @@ class Sampling(_Body):
     top_k: int | None = Field(None, ge=1, le=100000)
 
 
-class SpeechRequest(Sampling):
+class SpeechRequest(Sampling, _Request):
     model: str
     input: str
     voice: str | dict[str, Any] | None = Field(None, description="Accepted for compatibility; MiMo has no "
@@ -54,7 +94,7 @@ class ChatMessage(_Body):
     name: str | None = None
 
 
-class ChatRequest(Sampling):
+class ChatRequest(Sampling, _Request):
     model: str
     messages: list[ChatMessage] = Field(..., min_length=1)
     modalities: list[str] | None = None
