@@ -3,13 +3,14 @@ long paths, data: URL prefixes, empty generations, slow clients and large bodies
 
 from __future__ import annotations
 
+import base64
 import json
 
 import httpx
 import pytest
 
 from mimo_audio.server import ServerSettings, create_app
-from server_helpers import FakeBackend, LiveServer
+from server_helpers import FakeBackend, LiveServer, wav_bytes
 
 MODEL = "mimo-audio"
 
@@ -66,3 +67,79 @@ def test_lone_surrogates_are_400(client, route, body, param):
     err = assert_openai_error(resp, 400, param)
     assert err["code"] == "invalid_unicode" and "surrogate" in err["message"]
     assert client.get("/health").status_code == 200  # the connection and the server survive
+
+
+# ------------------------------------------------------------------------------------------- item 6
+def test_speech_with_no_audio_is_an_error(server, fake, monkeypatch):
+    """A generation that ends before any audio is an error saying so, never a 200 with an empty body or a
+    header-only wav (both whole and SSE-streamed replies)."""
+    monkeypatch.setattr(fake, "stream", lambda reqs: _silent(reqs))
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        for fmt in ("wav", "flac", "pcm"):
+            resp = c.post("/v1/audio/speech", json={"model": MODEL, "input": "Hi.", "response_format": fmt})
+            assert assert_openai_error(resp, 422)["code"] == "no_audio"
+        chat = c.post("/v1/chat/completions", json={"model": MODEL, "modalities": ["text", "audio"],
+                                                    "messages": [{"role": "user", "content": "hi"}]})
+        assert assert_openai_error(chat, 422)["code"] == "no_audio"
+        sse = c.post("/v1/audio/speech", json={"model": MODEL, "input": "Hi.", "stream_format": "sse"})
+        events = [json.loads(line[6:]) for line in sse.text.splitlines() if line.startswith("data: ")]
+        assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "no_audio", events
+
+
+def _silent(reqs):
+    import torch
+
+    from server_helpers import FakePiece, FakeReply
+
+    for i, _ in enumerate(reqs):
+        yield i, FakePiece("", torch.zeros(0), True, FakeReply("", torch.zeros(0), 24000, None, "stop", 1, 1), i)
+
+
+def test_transcription_with_two_files_is_400(client):
+    files = [("file", ("a.wav", wav_bytes(0.5), "audio/wav")), ("file", ("b.wav", wav_bytes(0.5), "audio/wav"))]
+    err = assert_openai_error(client.post("/v1/audio/transcriptions", data={"model": MODEL}, files=files), 400, "file")
+    assert err["code"] == "too_many_files"
+    other = [("file", ("a.wav", wav_bytes(0.5), "audio/wav")), ("extra", ("b.wav", wav_bytes(0.5), "audio/wav"))]
+    assert_openai_error(client.post("/v1/audio/transcriptions", data={"model": MODEL}, files=other), 400, "file")
+    ok = client.post("/v1/audio/transcriptions", data={"model": MODEL}, files=files[:1])
+    assert ok.status_code == 200, ok.text
+
+
+def _chat_audio(data: str, fmt=None, kind="input_audio") -> dict:
+    part = {"type": kind, kind: {"data": data, "format": fmt} if kind == "input_audio" else {"url": data}}
+    if fmt is None and kind == "input_audio":
+        del part[kind]["format"]
+    return {"model": MODEL, "messages": [{"role": "user", "content": [part]}]}
+
+
+def test_input_audio_format_is_checked_against_the_bytes(client):
+    wav = base64.b64encode(wav_bytes(0.5)).decode()
+    flac = base64.b64encode(wav_bytes(0.5, fmt="FLAC")).decode()
+    assert client.post("/v1/chat/completions", json=_chat_audio(wav, "wav")).status_code == 200
+    assert client.post("/v1/chat/completions", json=_chat_audio(flac, "flac")).status_code == 200
+    assert client.post("/v1/chat/completions", json=_chat_audio(wav)).status_code == 200
+    param = "messages[0].content[0].input_audio.format"
+    err = assert_openai_error(client.post("/v1/chat/completions", json=_chat_audio(wav, "mp3")), 400, param)
+    assert err["code"] == "format_mismatch" and "wav" in err["message"]
+    err = assert_openai_error(client.post("/v1/chat/completions", json=_chat_audio(wav, "aiff")), 400, param)
+    assert err["code"] == "unsupported_format"
+
+
+def test_data_url_scheme_is_case_insensitive_everywhere(client):
+    wav = base64.b64encode(wav_bytes(0.5)).decode()
+    for prefix in ("data:audio/wav;base64,", "DATA:audio/wav;base64,", "Data:Audio/WAV;BASE64,"):
+        for kind in ("input_audio", "audio_url"):
+            resp = client.post("/v1/chat/completions", json=_chat_audio(prefix + wav, kind=kind))
+            assert resp.status_code == 200, (prefix, kind, resp.text)
+
+
+def test_head_health_and_ready(client):
+    for path in ("/health", "/ready"):
+        resp = client.head(path)
+        assert resp.status_code == 200 and resp.content == b""
+
+
+def test_404_does_not_repeat_a_long_path(client):
+    path = "/" + "a" * 60_000
+    err = assert_openai_error(client.get(path), 404)
+    assert len(err["message"]) < 400 and "60001 characters" in err["message"]

@@ -53,11 +53,11 @@ def create_app(backend, settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(audio_router)
     app.include_router(chat_router)
 
-    @app.get("/health", summary="Liveness: the process answers")
+    @app.api_route("/health", methods=["GET", "HEAD"], summary="Liveness: the process answers")
     async def health():
         return {"status": "ok"}
 
-    @app.get("/ready", summary="Readiness: model loaded and the batcher running")
+    @app.api_route("/ready", methods=["GET", "HEAD"], summary="Readiness: model loaded and the batcher running")
     async def ready():
         if not service.ready:
             raise APIError(503, "Not ready", code="not_ready", headers={"Retry-After": str(settings.retry_after_s)})

@@ -86,6 +86,13 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, param=param, code=code)
 
 
+MAX_ECHO = 200  # characters of a client's path (or other string) repeated in an error message
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_ECHO else text[:MAX_ECHO] + f"... ({len(text)} characters)"
+
+
 def _loc_to_param(loc) -> str | None:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
     return ".".join(parts) or None
@@ -106,9 +113,10 @@ def install_handlers(app: FastAPI) -> None:
         status = exc.status_code
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if status == 404:
-            message = f"Unknown route {request.method} {request.url.path}; see GET /v1/models and docs/server.md"
+            message = f"Unknown route {request.method} {_short(request.url.path)}; see GET /v1/models and " \
+                      "docs/server.md"
         elif status == 405:
-            message = f"Method {request.method} is not allowed on {request.url.path}"
+            message = f"Method {request.method} is not allowed on {_short(request.url.path)}"
         return error_response(status, message, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)

@@ -51,6 +51,12 @@ class DecodedAudio:
         return self.samples, self.sample_rate
 
 
+def is_data_url(value: str) -> bool:
+    """Whether ``value`` is a ``data:`` URL: the scheme is case-insensitive (RFC 3986), leading blanks ignored,
+    the same rule :func:`decode_base64_audio` applies."""
+    return value.lstrip()[:5].lower() == "data:"
+
+
 def decode_base64_audio(value: str, param: str) -> bytes:
     """base64 text or a ``data:`` URL -> bytes. URLs of any other scheme and file paths are refused, unread."""
     if not isinstance(value, str) or not value.strip():
@@ -98,6 +104,36 @@ def decode_audio(data: bytes, limits: AudioLimits, param: str = "file") -> Decod
     return DecodedAudio(np.clip(samples, -1.0, 1.0), SAMPLE_RATE)
 
 
+INPUT_FORMATS = ("wav", "flac", "mp3", "ogg")
+
+
+def sniff_container(data: bytes) -> str | None:
+    """The container of audio file bytes from their magic number: wav, flac, ogg, mp3, else None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE" or data[:4] in (b"RF64", b"BW64"):
+        return "wav"
+    if data[:4] == b"fLaC":
+        return "flac"
+    if data[:4] == b"OggS":
+        return "ogg"
+    if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
+        return "mp3"
+    return None
+
+
+def check_input_format(declared, data: bytes, param: str) -> None:
+    """``input_audio.format`` against the bytes: it must name a readable format, and not another container than
+    the one the bytes hold (the bytes decide how they are decoded; a wrong label is refused, not ignored)."""
+    if declared is None:
+        return
+    if not isinstance(declared, str) or declared.lower() not in INPUT_FORMATS:
+        raise bad_request(f"'{param}' must be one of {', '.join(INPUT_FORMATS)}, got {str(declared)[:20]!r}",
+                          param, code="unsupported_format")
+    found = sniff_container(data)
+    if found is not None and found != declared.lower():
+        raise bad_request(f"'{param}' says {declared.lower()} but the audio data is a {found} file; send the "
+                          "matching format (or leave it out)", param, code="format_mismatch")
+
+
 def _named(exc: Exception, param: str) -> str:
     """The library's message with the request field named instead of "audio bytes"."""
     return str(exc).replace("audio bytes", f"'{param}'", 1)
@@ -114,6 +150,21 @@ def check_output_format(fmt: str | None, param: str = "response_format", *, stre
         raise bad_request(f"{param} 'flac' cannot be streamed; stream wav or pcm, or turn streaming off", param,
                           code="unsupported_format")
     return "pcm" if fmt == "pcm16" else fmt
+
+
+class NoAudio(APIError):
+    """The generation ended without producing any audio (the model emitted end-of-speech at once)."""
+
+    def __init__(self):
+        super().__init__(422, "The model produced no audio for this input (it ended before any speech); retry "
+                         "with another seed, or rephrase or lengthen the text", code="no_audio")
+
+
+def require_audio(audio) -> np.ndarray:
+    """A reply's waveform as a numpy array; NoAudio (422) when it is missing or holds no samples."""
+    if audio is None or len(audio) == 0:
+        raise NoAudio()
+    return audio
 
 
 def _clean(wav) -> np.ndarray:

@@ -14,9 +14,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from .errors import APIError, ClientGone, bad_request, stream_error
 from .media import (
     OUTPUT_FORMATS,
+    NoAudio,
     PCMStream,
     check_output_format,
     encode_audio,
+    require_audio,
     split_at_silences,
     to_srt,
     to_vtt,
@@ -61,24 +63,27 @@ async def create_speech(body: SpeechRequest, request: Request):
 
     if not streaming:
         reply = await svc.result(job, request)
-        audio = tensor_to_numpy(reply.audio)
-        if audio is None:
-            raise APIError(500, "The model produced no audio", type="server_error", code="no_audio")
+        audio = require_audio(tensor_to_numpy(reply.audio))
         data = encode_audio(audio, int(getattr(reply, "sample_rate", rate)), fmt)
         return Response(data, media_type=media_type, headers={"X-Generated-Text": _header_text(reply.text)})
 
     async def chunks():
         out = PCMStream(fmt, rate)
+        samples = 0
         try:
             async for piece in svc.pieces(job, request, ping=svc.settings.sse_ping_s if sse else None):
                 if piece is None:
                     if sse:
                         yield PING
                     continue
-                data = out.encode(tensor_to_numpy(piece.audio))
+                audio = tensor_to_numpy(piece.audio)
+                samples += 0 if audio is None else len(audio)
+                data = out.encode(audio)
                 if data:
                     yield event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}) \
                         if sse else data
+                if piece.done and not samples:  # a stream has started: the error is an event (sse) or a log line
+                    raise NoAudio()
                 if piece.done and sse:
                     reply = piece.reply
                     usage = _usage(reply)
@@ -151,6 +156,11 @@ async def create_transcription(
     if where is not None:
         raise bad_request(surrogate_error(where), where, code="invalid_unicode")
     svc.check_model(model)
+    form = await request.form()  # already parsed for the parameters above: this reads the cached form
+    uploads = [k for k, v in form.multi_items() if not isinstance(v, str)]
+    if len(uploads) > 1:
+        raise bad_request(f"The form holds {len(uploads)} files ({', '.join(sorted(set(uploads)))[:100]}); send "
+                          "exactly one audio file, as 'file'", "file", code="too_many_files")
     fmt = (response_format or "json").lower()
     if fmt not in TRANSCRIPT_FORMATS:
         raise bad_request(f"Unknown response_format '{response_format}'; use one of {', '.join(TRANSCRIPT_FORMATS)}",

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from ..output import split_thinking
 from .errors import APIError, ClientGone, bad_request, stream_error
-from .media import PCMStream, check_output_format, encode_audio
+from .media import PCMStream, check_output_format, encode_audio, is_data_url, require_audio
 from .schemas import ChatRequest
 from .service import JobStream, Service, tensor_to_numpy
 from .sse import DONE, PING, SSE_HEADERS, event
@@ -101,12 +101,14 @@ async def _convert_messages(svc: Service, body: ChatRequest) -> tuple[list[dict]
                     field = f"{kind}.{key}"  # input_audio.data or audio_url.url
                     spec = part.get(kind)
                     data = spec.get(key) if isinstance(spec, dict) else None
-                    if kind == "audio_url" and isinstance(data, str) and not data.startswith("data:"):
+                    if kind == "audio_url" and isinstance(data, str) and not is_data_url(data):
                         raise bad_request(f"{param}: only data: URLs are accepted in audio_url (this server "
                                           "never fetches URLs or opens paths)", param, code="url_not_allowed")
                     if not isinstance(data, str):
                         raise bad_request(f"{param}: missing audio data ({field})", param)
-                    audio = await svc.decode_b64(data, f"{param}.{field}")
+                    declared = spec.get("format") if kind == "input_audio" else None
+                    audio = await svc.decode_b64(data, f"{param}.{field}", declared_format=declared,
+                                                 format_param=f"{param}.input_audio.format")
                     decoded.append(audio)
                 else:
                     raise bad_request(f"{param}: content part type '{str(kind)[:40]}' is not supported; use text, "
@@ -183,9 +185,7 @@ async def create_chat_completion(body: ChatRequest, request: Request):
         if thinking:
             message["reasoning_content"] = thinking
         if want_audio:
-            audio = tensor_to_numpy(reply.audio)
-            if audio is None:
-                raise APIError(500, "The model produced no audio", type="server_error", code="no_audio")
+            audio = require_audio(tensor_to_numpy(reply.audio))
             rate = int(getattr(reply, "sample_rate", svc.sample_rate))
             audio_id, expires = svc.audio_store.put(reply.audio, rate, getattr(reply, "codes", None), reply.answer)
             message["audio"] = {"id": audio_id, "data": base64.b64encode(encode_audio(audio, rate, fmt)).decode(),

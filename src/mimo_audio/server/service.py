@@ -24,7 +24,7 @@ from starlette.responses import StreamingResponse
 from ..errors import MimoAudioError
 from .batcher import Batcher, Job, JobTimeout
 from .errors import APIError, ClientGone, bad_request
-from .media import AudioLimits, DecodedAudio, decode_audio, decode_base64_audio
+from .media import AudioLimits, DecodedAudio, check_input_format, decode_audio, decode_base64_audio
 from .metrics import Registry
 from .settings import ServerSettings
 
@@ -182,8 +182,11 @@ class Service:
         self.metrics.audio_in.inc(audio.seconds)
         return audio
 
-    async def decode_b64(self, value: str, param: str) -> DecodedAudio:
-        return await self.decode(decode_base64_audio(value, param), param)
+    async def decode_b64(self, value: str, param: str, *, declared_format=None,
+                         format_param: str = "format") -> DecodedAudio:
+        data = decode_base64_audio(value, param)
+        check_input_format(declared_format, data, format_param)
+        return await self.decode(data, param)
 
     def check_total_audio(self, audios: list[DecodedAudio]) -> None:
         total = sum(a.seconds for a in audios)
