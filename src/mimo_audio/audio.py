@@ -279,11 +279,13 @@ def load_audio(
 
 
 # --------------------------------------------------------------------------------------------- save
-_SUBTYPES = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_24")}
+_SUBTYPES = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_24")}
 
 
-def save_audio(path: str | os.PathLike, wav: Any, sample_rate: int = 24000) -> Path:
-    """Write a mono waveform to ``path`` (``.wav`` as 32-bit float, ``.flac`` as 24-bit PCM).
+def save_audio(path: str | os.PathLike, wav: Any, sample_rate: int = 24000, *, float32: bool = False) -> Path:
+    """Write a mono waveform to ``path``: ``.wav`` as 16-bit PCM (the format every player and tool reads; with
+    ``float32=True``, 32-bit float with the ``fact`` chunk such files need), ``.flac`` as 24-bit PCM. PCM samples
+    are clipped to [-1, 1].
 
     The file appears atomically (written to a temporary file in the same folder, then renamed): a failure
     never leaves a half-written file behind.
@@ -301,6 +303,11 @@ def save_audio(path: str | os.PathLike, wav: Any, sample_rate: int = 24000) -> P
         raise AudioInputError(f"{path}: refusing to write an empty waveform")
     _check_finite(arr, str(path))
     fmt, subtype = _SUBTYPES[suffix]
+    if float32:
+        if fmt != "WAV":
+            raise AudioInputError(f"{path}: float samples can be written to .wav only; use a .wav path or drop "
+                                  "the float option")
+        subtype = "FLOAT"
     if subtype.startswith("PCM"):
         arr = np.clip(arr, -1.0, 1.0)
     import soundfile as sf

@@ -36,6 +36,11 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str | None = None)
     g.add_argument("--dtype", default=None, help=f"float32, bfloat16 or float16 (default: {dtype_default})")
 
 
+def add_float_wav_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--float-wav", action="store_true",
+                   help="write .wav as 32-bit float instead of 16-bit PCM (the default, which every tool reads)")
+
+
 # ============================================================================================ codec
 def _load_codec(args):
     from .codec import AudioTokenizer
@@ -109,7 +114,7 @@ def cmd_codec_decode(args) -> int:
     codes, _meta = load_codes(args.input)
     codec = _load_codec(args)
     wav = _decode_codes(codec, codes, args.window, args.num_quantizers)
-    save_audio(args.output, wav.cpu(), codec.sample_rate)
+    save_audio(args.output, wav.cpu(), codec.sample_rate, float32=args.float_wav)
     print(f"{args.output}: {wav.shape[0] / codec.sample_rate:.2f} s at {codec.sample_rate} Hz", file=sys.stderr)
     return 0
 
@@ -121,7 +126,7 @@ def cmd_codec_roundtrip(args) -> int:
     codec = _load_codec(args)
     codes = _encode_file(codec, args.input, args.num_quantizers)
     wav = _decode_codes(codec, codes, args.window)
-    save_audio(args.output, wav.cpu(), codec.sample_rate)
+    save_audio(args.output, wav.cpu(), codec.sample_rate, float32=args.float_wav)
     print(f"{args.output}: {codes.shape[0]} frames x {codes.shape[1]} codebooks -> "
           f"{wav.shape[0] / codec.sample_rate:.2f} s", file=sys.stderr)
     return 0
@@ -151,6 +156,7 @@ def add_codec_commands(subparsers) -> None:
     p.add_argument("--window", type=int, default=None,
                    help="decode independent windows of this many frames (1500 reproduces the reference)")
     common(p, nq_default=None)
+    add_float_wav_arg(p)
     p.set_defaults(func=cmd_codec_decode)
 
     p = sub.add_parser("roundtrip", help="audio file -> codes -> audio file (hear what the tokenizer keeps)")
@@ -158,6 +164,7 @@ def add_codec_commands(subparsers) -> None:
     p.add_argument("-o", "--output", required=True, help="output .wav or .flac file")
     p.add_argument("--window", type=int, default=None, help="decode in independent windows of this many frames")
     common(p, nq_default=8)
+    add_float_wav_arg(p)
     p.set_defaults(func=cmd_codec_roundtrip)
 
 
