@@ -116,3 +116,75 @@ def test_transcripts_are_escaped_on_a_terminal(fake, monkeypatch, capsys):
     monkeypatch.setattr(cli_tasks, "_load", lambda args: FakeMimo())
     assert main(["transcribe", "a.wav"]) == 0  # into a pipe: unchanged
     assert "\x1b[2J\rx" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------- item 10
+def test_missing_model_folder_suggests_the_lm_id(tmp_path, capsys):
+    assert main(["transcribe", "x.wav", "--model", str(tmp_path / "nope"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "XiaomiMiMo/MiMo-Audio-7B-Instruct" in err and "--model" in err
+
+
+def test_download_failure_does_not_say_run_download(monkeypatch, capsys):
+    import huggingface_hub
+
+    def offline(**kw):
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    assert main(["download", "someone/some-model"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot fetch 'someone/some-model'" in err and "mimo-audio download" not in err
+    from mimo_audio.checkpoint import resolve
+    from mimo_audio.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="mimo-audio download"):  # elsewhere the hint stays
+        resolve("someone/some-model")
+
+
+def test_swapped_checkpoints_are_named(fixture_path, capsys):
+    lm, tok = str(fixture_path / "lm"), str(fixture_path / "tokenizer")
+    assert main(["codec", "encode", "x.wav", "-o", "/tmp/x.safetensors", "--tokenizer", lm, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "is a MiMo-Audio LM checkpoint, not the audio tokenizer" in err and "--tokenizer" in err
+    assert "tokenizer=" not in err  # the CLI names flags
+    assert main(["transcribe", "x.wav", "--model", tok, "--tokenizer", lm, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "is the MiMo-Audio audio tokenizer checkpoint, not the LM" in err and "--model" in err
+
+
+def test_cli_errors_name_flags():
+    from mimo_audio.cli import cli_words
+
+    assert cli_words("voice= applies to speech replies; use reply='speech' or drop voice") == \
+        "--voice applies to speech replies; use --reply speech or drop --voice"
+    assert cli_words("thinking=True applies to text replies; use reply='text' or drop thinking") == \
+        "--thinking applies to text replies; use --reply text or drop --thinking"
+    assert cli_words("max_new_tokens must be >= 1") == "--max-new-tokens must be >= 1"
+    assert "--max-seconds" in cli_words("cut it into shorter pieces or raise max_seconds")
+
+
+def test_cli_error_for_voice_with_text_reply(fixture_path, tmp_path, capsys):
+    from server_helpers import wav_bytes
+
+    clip = tmp_path / "v.wav"
+    clip.write_bytes(wav_bytes(0.5))
+    argv = ["chat", "--text", "hi", "--reply", "text", "--voice", str(clip), "--model", str(fixture_path / "lm"),
+            "--tokenizer", str(fixture_path / "tokenizer"), "--device", "cpu", "--max-new-tokens", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--voice" in err and "--reply speech" in err and "voice=" not in err
+
+
+def test_truncated_audio_says_how_to_repair_and_can_be_read(tmp_path):
+    from mimo_audio.audio import load_audio
+    from server_helpers import wav_bytes
+
+    good = wav_bytes(1.0, 16000)
+    path = tmp_path / "cut.wav"
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(AudioInputError, match=r"truncated.*sox.*allow_truncated=True"):
+        load_audio(path)
+    with pytest.warns(UserWarning, match="truncated"):
+        wav = load_audio(path, allow_truncated=True)
+    assert 0.45 < wav.shape[0] / 24000 < 0.55

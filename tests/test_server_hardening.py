@@ -143,3 +143,14 @@ def test_404_does_not_repeat_a_long_path(client):
     path = "/" + "a" * 60_000
     err = assert_openai_error(client.get(path), 404)
     assert len(err["message"]) < 400 and "60001 characters" in err["message"]
+
+
+# ------------------------------------------------------------------------------------------- item 12
+def test_temperature_zero_reaches_the_pipeline_as_temperature_zero(client, fake):
+    """One meaning of temperature 0 (greedy text decoding, SamplingParams' rule): the server passes it on as it
+    is instead of translating it to its own flag."""
+    resp = client.post("/v1/chat/completions", json={"model": MODEL, "temperature": 0,
+                                                     "messages": [{"role": "user", "content": "t0"}]})
+    assert resp.status_code == 200
+    task, kwargs = next(p for p in reversed(fake.prepared) if p[0] == "chat")
+    assert kwargs["temperature"] == 0 and "greedy" not in kwargs

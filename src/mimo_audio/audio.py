@@ -190,7 +190,21 @@ def _open(source, what: str):
         ) from None
 
 
-def _from_file(source, target_rate, max_seconds, max_channels, what, max_decoded_bytes=None) -> torch.Tensor:
+TRUNCATED_FIX = ("repair it by rewriting the file from the audio it holds (e.g. `sox in.wav fixed.wav` or "
+                 "`ffmpeg -i in.wav fixed.wav`), re-export it, or read what is there with allow_truncated=True")
+
+
+def _truncated(what: str, detail: str, allow: bool) -> None:
+    """A truncated file: an error saying how to repair it, or with ``allow`` a warning (what is there is used)."""
+    if not allow:
+        raise AudioInputError(f"{what}: the file is truncated ({detail}); {TRUNCATED_FIX}")
+    import warnings
+
+    warnings.warn(f"{what}: the file is truncated ({detail}); using the audio it holds", stacklevel=4)
+
+
+def _from_file(source, target_rate, max_seconds, max_channels, what, max_decoded_bytes=None,
+               allow_truncated: bool = False) -> torch.Tensor:
     with _open(source, what) as f:
         try:
             rate = check_rate(f.samplerate, what)
@@ -205,11 +219,18 @@ def _from_file(source, target_rate, max_seconds, max_channels, what, max_decoded
             limits = [v for v in (None if max_seconds is None else int(max_seconds * rate), max_frames) if v is not None]
             limit = min(limits) if limits else None
             info = f.extra_info or ""
-            if _DATA_SHOULD_BE.search(info):
-                raise AudioInputError(f"{what}: the file is truncated (its header promises more audio than it holds)")
+            header_truncated = bool(_DATA_SHOULD_BE.search(info))
+            if header_truncated:
+                _truncated(what, "its header promises more audio than it holds", allow_truncated)
             blocks, total = [], 0
             while True:
-                block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                try:
+                    block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                except Exception as exc:  # a decoder error mid-stream: keep what came before, if allowed
+                    if not (allow_truncated and blocks):
+                        raise
+                    _truncated(what, f"decoding stopped: {exc}", True)
+                    break
                 if block.shape[0] == 0:
                     break
                 total += block.shape[0]
@@ -222,14 +243,12 @@ def _from_file(source, target_rate, max_seconds, max_channels, what, max_decoded
         except AudioInputError:
             raise
         except Exception as exc:  # decoder errors in the middle of the stream
-            raise AudioInputError(f"{what}: the audio data is corrupt or truncated ({exc}); re-export the file") from None
+            raise AudioInputError(f"{what}: the audio data is corrupt or truncated ({exc}); {TRUNCATED_FIX}") from None
     if total == 0:
         raise AudioInputError(f"{what}: the audio is empty (no samples in the file)")
     slack = max(2048, declared // 100) if fmt in ("MP3", "MPEG") else 0
-    if declared > 0 and total + slack < declared:
-        raise AudioInputError(
-            f"{what}: the file is truncated ({total} of the {declared} frames its header announces); re-export it"
-        )
+    if declared > 0 and total + slack < declared and not header_truncated:
+        _truncated(what, f"{total} of the {declared} frames its header announces", allow_truncated)
     x = np.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
     _check_finite(x, what)
     return _finish(x, rate, target_rate, what)
@@ -243,6 +262,7 @@ def load_audio(
     max_seconds: float | None = DEFAULT_MAX_SECONDS,
     max_channels: int = MAX_CHANNELS,
     max_decoded_bytes: int | None = None,
+    allow_truncated: bool = False,
 ) -> torch.Tensor:
     """Load ``source`` as mono float32 at ``target_rate`` (1-D CPU tensor).
 
@@ -250,7 +270,9 @@ def load_audio(
     file's own rate is used and ``sample_rate`` is ignored. ``max_seconds`` (default 30 minutes, ``None``
     for no limit) is checked from the header before decoding and again while decoding; ``max_decoded_bytes``
     caps the float32 samples a file or bytes source may decode to (a guard against forged sample rates and
-    highly compressed silence). Over either limit: :class:`AudioTooLongError`.
+    highly compressed silence). Over either limit: :class:`AudioTooLongError`. A truncated file (fewer frames
+    than its header announces, or a decoder error part-way) is an :class:`AudioInputError` saying how to repair
+    it; with ``allow_truncated=True`` the audio it holds is used, with a warning (as sox does).
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(os.fspath(source)).expanduser()
@@ -264,12 +286,14 @@ def load_audio(
                 pass
         except OSError as exc:
             raise AudioInputError(f"{what}: cannot open the file ({exc.strerror or exc})") from None
-        return _from_file(str(path), target_rate, max_seconds, max_channels, what, max_decoded_bytes)
+        return _from_file(str(path), target_rate, max_seconds, max_channels, what, max_decoded_bytes,
+                          allow_truncated)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if not data:
             raise AudioInputError("audio bytes: empty input (0 bytes)")
-        return _from_file(io.BytesIO(data), target_rate, max_seconds, max_channels, "audio bytes", max_decoded_bytes)
+        return _from_file(io.BytesIO(data), target_rate, max_seconds, max_channels, "audio bytes", max_decoded_bytes,
+                          allow_truncated)
     if isinstance(source, tuple) and len(source) == 2 and not isinstance(source[1], (np.ndarray, torch.Tensor, list)):
         samples, rate = source
         return _from_array(samples, rate, target_rate, max_seconds, max_channels, "audio array")

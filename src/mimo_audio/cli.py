@@ -11,6 +11,7 @@ Errors the user can cause (:class:`~mimo_audio.errors.MimoAudioError`, ``OSError
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -184,6 +185,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The library's errors name its keywords; on the command line the same advice names the flags.
+_FLAG_WORDS = [
+    (re.compile(r"\breply='speech'"), "--reply speech"), (re.compile(r"\breply='text'"), "--reply text"),
+    (re.compile(r"\bvoice=(?=[\s;,.)]|$)"), "--voice"), (re.compile(r"\binstruct=(?=[\s;,.)]|$)"), "--instruct"),
+    (re.compile(r"\bnatural=True"), "--natural"), (re.compile(r"\bthinking=True"), "--thinking"),
+    (re.compile(r"\bdrop thinking\b"), "drop --thinking"), (re.compile(r"\bdrop voice\b"), "drop --voice"),
+    (re.compile(r"\bmax_new_tokens\b"), "--max-new-tokens"), (re.compile(r"\bmax_seconds\b"), "--max-seconds"),
+    (re.compile(r"\ballow_truncated=True"), "--allow-truncated"), (re.compile(r"\bseconds must\b"), "--seconds must"),
+    (re.compile(r"--model / model="), "--model"), (re.compile(r"--tokenizer / tokenizer="), "--tokenizer"),
+]
+
+
+def cli_words(message: str) -> str:
+    """A library error message as the CLI says it: Python keywords (``voice=``, ``reply='speech'``,
+    ``max_new_tokens``) become the flags that set them (``--voice``, ``--reply speech``, ``--max-new-tokens``)."""
+    for pattern, flag in _FLAG_WORDS:
+        message = pattern.sub(flag, message)
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -193,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(exc) or type(exc).__name__
         if isinstance(exc, OSError) and getattr(exc, "filename", None):
             msg = f"{exc.filename}: {exc.strerror or msg}"
-        print(f"mimo-audio: error: {' '.join(msg.split())}", file=sys.stderr)
+        print(f"mimo-audio: error: {cli_words(' '.join(msg.split()))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("mimo-audio: interrupted", file=sys.stderr)

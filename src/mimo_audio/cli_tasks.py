@@ -25,7 +25,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     g.add_argument("--max-new-tokens", type=int, default=None, help="limit on generated LM steps (1 step = 0.16 s of audio)")
-    g.add_argument("--temperature", type=float, default=None, help="text sampler temperature (task preset otherwise)")
+    g.add_argument("--temperature", type=float, default=None, help="text sampler temperature; 0 = greedy (task preset otherwise)")
     g.add_argument("--top-k", type=int, default=None, help="text sampler top-k")
     g.add_argument("--top-p", type=float, default=None, help="text sampler top-p")
     g.add_argument("--greedy", action="store_true", help="deterministic decoding (argmax) for text and audio")
@@ -346,7 +346,7 @@ def cmd_download(args) -> int:
             print(str(local))
             continue
         print(f"fetching {rid} ...", file=sys.stderr, flush=True)
-        folder = resolve(rid)
+        folder = resolve(rid, downloading=True)
         safetensors_files(folder)
         print(str(folder))
     return 0

@@ -115,12 +115,15 @@ class MimoAudio:
         """
         from .checkpoint import parse_device, parse_dtype, resolve
         from .codec import AudioTokenizer
+        from .config import check_kind, read_config_json
         from .lm import MimoAudioLM
         from .text import TextTokenizer
 
         dev = parse_device(device)
         dt = parse_dtype(dtype)
         folder = resolve(model)
+        if (folder / "config.json").is_file():  # a tokenizer folder given as the model is named as such
+            check_kind(read_config_json(folder / "config.json"), "lm", folder / "config.json")
         text_tokenizer = TextTokenizer.from_folder(folder)
         lm = MimoAudioLM.from_pretrained(folder, device=dev, dtype=dt, empty_id=text_tokenizer.ids.empty)
         codec = AudioTokenizer.from_pretrained(tokenizer, device=dev, dtype=dt)

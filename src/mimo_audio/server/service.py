@@ -172,10 +172,7 @@ class Service:
             value = getattr(body, name, None)
             if value is not None:
                 kw[name] = value
-        if kw.get("temperature") == 0:  # OpenAI's "temperature 0" = deterministic: greedy decoding
-            del kw["temperature"]
-            kw["greedy"] = True
-        return kw
+        return kw  # temperature 0 = greedy text decoding, as everywhere (sampling.SamplingParams)
 
     async def decode(self, data: bytes, param: str) -> DecodedAudio:
         audio = await anyio.to_thread.run_sync(functools.partial(decode_audio, data, self.limits, param))
