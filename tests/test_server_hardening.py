@@ -154,3 +154,81 @@ def test_temperature_zero_reaches_the_pipeline_as_temperature_zero(client, fake)
     assert resp.status_code == 200
     task, kwargs = next(p for p in reversed(fake.prepared) if p[0] == "chat")
     assert kwargs["temperature"] == 0 and "greedy" not in kwargs
+
+
+# ------------------------------------------------------------------------------------------- item 2
+@pytest.fixture(scope="module")
+def guarded(fake):
+    from mimo_audio.server.protocol import uvicorn_options
+
+    settings = ServerSettings(header_timeout_s=3.0, body_timeout_s=3.0, max_connections=64)
+    with LiveServer(create_app(fake, settings), **uvicorn_options(settings)) as srv:
+        yield srv
+
+
+def _drip(port: int, payload: bytes, every_s: float, limit_s: float, prefix: bytes = b"") -> tuple[float, bytes]:
+    """Send ``prefix`` at once, then ``payload`` one byte every ``every_s`` s; returns (seconds until the server
+    closed the connection, what it sent)."""
+    import socket
+    import time
+
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(0.05)
+    t0, got = time.monotonic(), b""
+    try:
+        s.sendall(prefix)
+        for b in payload:
+            try:
+                s.sendall(bytes([b]))
+            except OSError:
+                break
+            end = time.monotonic() + every_s
+            closed = False
+            while time.monotonic() < end:
+                try:
+                    chunk = s.recv(4096)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    closed = True
+                    break
+                if not chunk:
+                    closed = True
+                    break
+                got += chunk
+            if closed or time.monotonic() - t0 > limit_s:
+                break
+        return time.monotonic() - t0, got
+    finally:
+        s.close()
+
+
+def test_a_client_dripping_headers_is_cut_off(guarded):
+    elapsed, got = _drip(guarded.port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100, 2.0, 15.0)
+    assert elapsed < 3.0 + 2.5, elapsed  # the 3 s header deadline, checked between drips
+    assert got.startswith(b"HTTP/1.1 408") and b"header_timeout" in got
+    with httpx.Client(base_url=guarded.url, timeout=5) as c:
+        assert c.get("/health").status_code == 200
+
+
+def test_a_silent_connection_is_cut_off(guarded):
+    import socket
+    import time
+
+    s = socket.create_connection(("127.0.0.1", guarded.port))
+    s.settimeout(10)
+    t0 = time.monotonic()
+    try:
+        data = s.recv(4096)
+    finally:
+        s.close()
+    assert time.monotonic() - t0 < 5.0 and data.startswith(b"HTTP/1.1 408")
+
+
+def test_a_client_dripping_the_body_gets_408(guarded):
+    body = b'{"model":"mimo-audio","input":"' + b"a" * 200 + b'"}'
+    head = (b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+    elapsed, got = _drip(guarded.port, body, 0.5, 15.0, prefix=head)
+    assert elapsed < 3.0 + 3.0, elapsed
+    assert got.startswith(b"HTTP/1.1 408") and b"body_timeout" in got

@@ -92,7 +92,7 @@ def create_app(backend, settings: ServerSettings | None = None) -> FastAPI:
         return Response(status_code=204)
 
     # Middleware: the last added runs first. Order of a request: access log -> CORS -> auth -> body cap -> app.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, body_timeout_s=settings.body_timeout_s)
     if settings.api_key:
         app.add_middleware(AuthMiddleware, api_key=settings.api_key)
     if settings.cors_origins:

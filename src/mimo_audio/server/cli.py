@@ -57,6 +57,21 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
                    help="cap (and default) on generated groups per request; 1 group = 0.16 s of speech "
                         "(default: %(default)s)")
+    g = p.add_argument_group("connections and slow clients")
+    g.add_argument("--header-timeout", type=float, default=d.header_timeout_s,
+                   help="seconds a request may take from its first byte to the end of its headers; then 408 and "
+                        "the connection is closed (default: %(default)g)")
+    g.add_argument("--body-timeout", type=float, default=d.body_timeout_s,
+                   help="seconds the request body may take to arrive after the headers; then 408 (default: "
+                        "%(default)g)")
+    g.add_argument("--keep-alive", type=float, default=d.keep_alive_s,
+                   help="seconds an idle kept-alive connection stays open (default: %(default)g)")
+    g.add_argument("--max-header-kb", type=int, default=d.max_header_bytes // 1024,
+                   help="request line and headers in KB; more is a 400 (default: %(default)s)")
+    g.add_argument("--max-connections", type=int, default=d.max_connections,
+                   help="open connections; a request arriving beyond it gets 503 (default: %(default)s)")
+    g.add_argument("--shutdown-grace", type=float, default=d.shutdown_grace_s,
+                   help="on SIGTERM, seconds running requests may still take to finish (default: %(default)g)")
     p.set_defaults(func=run_serve)
     return p
 
@@ -74,6 +89,12 @@ def settings_from_args(args) -> ServerSettings:
         max_audio_seconds=args.max_audio_seconds,
         max_text_chars=args.max_text_chars,
         max_new_tokens=args.max_new_tokens,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        keep_alive_s=args.keep_alive,
+        max_header_bytes=args.max_header_kb * 1024,
+        max_connections=args.max_connections,
+        shutdown_grace_s=args.shutdown_grace,
         serve_page=not args.no_page,
         warmup=not args.no_warmup,
     )
@@ -89,6 +110,7 @@ def run_serve(args) -> int:
               "pip install 'mimo-audio[serve]'", file=sys.stderr)
         return 1
     from ..errors import MimoAudioError
+    from .protocol import uvicorn_options
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -109,5 +131,5 @@ def run_serve(args) -> int:
     app = create_app(mimo, settings)
     # uvicorn's own access log is replaced by ours (method, path, status, duration).
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                timeout_graceful_shutdown=10)
+                **uvicorn_options(settings))
     return 0
