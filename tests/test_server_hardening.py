@@ -232,3 +232,44 @@ def test_a_client_dripping_the_body_gets_408(guarded):
     elapsed, got = _drip(guarded.port, body, 0.5, 15.0, prefix=head)
     assert elapsed < 3.0 + 3.0, elapsed
     assert got.startswith(b"HTTP/1.1 408") and b"body_timeout" in got
+
+
+# ------------------------------------------------------------------------------------------- item 4
+def test_a_huge_chat_body_does_not_block_the_event_loop(guarded):
+    """Four 21 MB chat bodies of 700k messages each: refused (413) without ever holding /health up for 1 s."""
+    import threading
+    import time
+
+    body = (b'{"model":"mimo-audio","messages":[' + b",".join([b'{"role":"user","content":"x"}'] * 700_000)
+            + b"]}")
+    assert len(body) > 20_000_000
+    results = []
+
+    def send():
+        with httpx.Client(base_url=guarded.url, timeout=60) as c:
+            results.append(c.post("/v1/chat/completions", content=body,
+                                  headers={"Content-Type": "application/json"}))
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    worst = 0.0
+    with httpx.Client(base_url=guarded.url, timeout=30) as c:
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            t0 = time.monotonic()
+            assert c.get("/health").status_code == 200
+            worst = max(worst, time.monotonic() - t0)
+            time.sleep(0.05)
+    for t in threads:
+        t.join()
+    assert worst < 1.0, worst
+    assert [r.status_code for r in results] == [413] * 4
+    assert all(r.json()["error"]["code"] == "too_many_json_values" for r in results)
+
+
+def test_openapi_still_documents_the_json_bodies(client):
+    doc = client.get("/openapi.json").json()
+    body = doc["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "messages" in body["properties"] and "ChatMessage" in doc["components"]["schemas"]
+    assert "input" in doc["paths"]["/v1/audio/speech"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"]["properties"]

@@ -53,15 +53,19 @@ def create_app(backend, settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(audio_router)
     app.include_router(chat_router)
 
-    @app.api_route("/health", methods=["GET", "HEAD"], summary="Liveness: the process answers")
+    @app.get("/health", summary="Liveness: the process answers")
     async def health():
         return {"status": "ok"}
 
-    @app.api_route("/ready", methods=["GET", "HEAD"], summary="Readiness: model loaded and the batcher running")
+    @app.get("/ready", summary="Readiness: model loaded and the batcher running")
     async def ready():
         if not service.ready:
             raise APIError(503, "Not ready", code="not_ready", headers={"Retry-After": str(settings.retry_after_s)})
         return {"status": "ready", "model": settings.model_name}
+
+    # HEAD answers like GET (no body), for load balancers and uptime checks; kept out of the schema
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
+    app.add_api_route("/ready", ready, methods=["HEAD"], include_in_schema=False)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics_route():
@@ -91,6 +95,8 @@ def create_app(backend, settings: ServerSettings | None = None) -> FastAPI:
     async def favicon():
         return Response(status_code=204)
 
+    _add_body_schemas(app)
+
     # Middleware: the last added runs first. Order of a request: access log -> CORS -> auth -> body cap -> app.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, body_timeout_s=settings.body_timeout_s)
     if settings.api_key:
@@ -103,6 +109,25 @@ def create_app(backend, settings: ServerSettings | None = None) -> FastAPI:
                            allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     return app
+
+
+def _add_body_schemas(app: FastAPI) -> None:
+    """The chat and speech routes parse their bodies themselves (off the event loop); their models' nested schemas
+    are added to the OpenAPI document's components, where the routes' request bodies refer to them."""
+    from .schemas import ChatRequest, SpeechRequest
+
+    generate = app.openapi
+
+    def openapi():
+        if app.openapi_schema is None:
+            schema = generate()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (ChatRequest, SpeechRequest):
+                defs = model.model_json_schema(ref_template="#/components/schemas/{model}").get("$defs", {})
+                components.update(defs)
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _version() -> str:

@@ -23,7 +23,7 @@ from .media import (
     to_srt,
     to_vtt,
 )
-from .schemas import SpeechRequest, find_surrogate, surrogate_error
+from .schemas import SpeechRequest, body_openapi, find_surrogate, surrogate_error
 from .service import JobStream, Service, cancel_jobs, tensor_to_numpy
 from .sse import PING, SSE_HEADERS, event
 
@@ -36,9 +36,11 @@ def _service(request: Request) -> Service:
 
 
 # ==================================================================================== speech
-@router.post("/v1/audio/speech", summary="Text to speech (OpenAI-compatible)")
-async def create_speech(body: SpeechRequest, request: Request):
+@router.post("/v1/audio/speech", summary="Text to speech (OpenAI-compatible)",
+             openapi_extra=body_openapi(SpeechRequest))
+async def create_speech(request: Request):
     svc = _service(request)
+    body: SpeechRequest = await svc.parse(request, SpeechRequest)
     svc.check_model(body.model)
     svc.check_text(body.input, "input", required=True)
     svc.check_text(body.instructions, "instructions")

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from ..output import split_thinking
 from .errors import APIError, ClientGone, bad_request, stream_error
 from .media import PCMStream, check_output_format, encode_audio, is_data_url, require_audio
-from .schemas import ChatRequest
+from .schemas import ChatRequest, body_openapi
 from .service import JobStream, Service, tensor_to_numpy
 from .sse import DONE, PING, SSE_HEADERS, event
 
@@ -139,9 +139,11 @@ async def _convert_messages(svc: Service, body: ChatRequest) -> tuple[list[dict]
     return out, decoded
 
 
-@router.post("/v1/chat/completions", summary="Chat with text and audio (OpenAI-compatible)")
-async def create_chat_completion(body: ChatRequest, request: Request):
+@router.post("/v1/chat/completions", summary="Chat with text and audio (OpenAI-compatible)",
+             openapi_extra=body_openapi(ChatRequest))
+async def create_chat_completion(request: Request):
     svc: Service = request.app.state.service
+    body: ChatRequest = await svc.parse(request, ChatRequest)
     svc.check_model(body.model)
     if body.n not in (None, 1):
         raise bad_request("Only n=1 is supported", "n")

@@ -106,3 +106,45 @@ class ChatRequest(Sampling, _Request):
     n: int | None = Field(None, ge=1)
     thinking: bool | None = Field(False, description="Let the model think first (Instruct model)")
     ref_audio: str | None = Field(None, description="Reference voice for spoken replies (base64 / data URL)")
+
+
+def json_token_bound(settings) -> int:
+    """The most JSON structure (objects, arrays and commas) a chat or speech body may hold: every text character
+    of the conversation could be a comma or a brace, and each message has a few objects of its own."""
+    return settings.max_chat_text_chars + settings.max_text_chars + 64 * settings.max_messages + 1024
+
+
+def check_json_size(raw: bytes, bound: int) -> None:
+    """Refuse a body whose JSON structure alone is over ``bound`` before parsing it (counting bytes is fast C;
+    parsing and validating 700k messages would hold the event loop for seconds)."""
+    from .errors import APIError
+
+    count = raw.count(b"{") + raw.count(b"[") + raw.count(b",")
+    if count > bound:
+        raise APIError(413, f"The request body holds too many JSON values ({count} objects, arrays and commas; "
+                       f"the limit is {bound}); send fewer messages or parts", code="too_many_json_values")
+
+
+def parse_body(model_cls, raw: bytes):
+    """JSON bytes -> the request model (run in a worker thread). Errors are those FastAPI's own parsing gives,
+    so the usual 400 handler words them."""
+    import json
+
+    from fastapi.exceptions import RequestValidationError
+    from pydantic import ValidationError
+
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "invalid JSON"}]) from None
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+
+
+def body_openapi(model_cls) -> dict:
+    """The request body's schema for the OpenAPI document (routes that parse their body themselves)."""
+    schema = model_cls.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}

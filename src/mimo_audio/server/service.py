@@ -174,6 +174,16 @@ class Service:
                 kw[name] = value
         return kw  # temperature 0 = greedy text decoding, as everywhere (sampling.SamplingParams)
 
+    async def parse(self, request, model_cls):
+        """The request's JSON body as ``model_cls``, bounded and parsed off the event loop: its structure is
+        counted first (a body of 700k messages is refused at once), then parsing and validation run in a worker
+        thread, so no body blocks other requests (``/health`` included)."""
+        from .schemas import check_json_size, json_token_bound, parse_body
+
+        raw = await request.body()
+        check_json_size(raw, json_token_bound(self.settings))
+        return await anyio.to_thread.run_sync(parse_body, model_cls, raw)
+
     async def decode(self, data: bytes, param: str) -> DecodedAudio:
         audio = await anyio.to_thread.run_sync(functools.partial(decode_audio, data, self.limits, param))
         self.metrics.audio_in.inc(audio.seconds)
