@@ -273,3 +273,122 @@ def test_openapi_still_documents_the_json_bodies(client):
     assert "messages" in body["properties"] and "ChatMessage" in doc["components"]["schemas"]
     assert "input" in doc["paths"]["/v1/audio/speech"]["post"]["requestBody"]["content"]["application/json"][
         "schema"]["properties"]
+
+
+# ------------------------------------------------------------------------------------------- item 1
+def silent_flac(seconds: float = 165.0, rate: int = 48000, channels: int = 8) -> bytes:
+    """A tiny FLAC (about 62 KB) that decodes to ``seconds`` of 8-channel silence (253 MB of float32 samples)."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    block = np.zeros((rate * 5, channels), np.int16)
+    with sf.SoundFile(buf, "w", rate, channels, format="FLAC", subtype="PCM_16") as f:
+        for _ in range(int(seconds // 5)):
+            f.write(block)
+    return buf.getvalue()
+
+
+def test_a_chat_with_eight_huge_parts_is_refused_before_decoding(guarded, monkeypatch):
+    from mimo_audio.server import service
+
+    calls = []
+    monkeypatch.setattr(service, "decode_audio", lambda *a, **k: calls.append(a) or pytest.fail("decoded"))
+    data = "data:audio/flac;base64," + base64.b64encode(silent_flac()).decode()
+    messages = [{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": data}}]}] * 8
+    with httpx.Client(base_url=guarded.url, timeout=60) as c:
+        err = assert_openai_error(c.post("/v1/chat/completions", json={"model": MODEL, "messages": messages}), 413)
+    assert err["code"] == "audio_too_long" and "from the parts' headers" in err["message"] and not calls
+
+
+def test_decode_gate_queues_and_refuses_with_retry_after():
+    import asyncio
+
+    from mimo_audio.server.errors import APIError
+    from mimo_audio.server.service import DecodeGate
+
+    async def main():
+        gate = DecodeGate(budget=100, slots=2, wait_s=0.3, retry_after_s=3)
+        order = []
+
+        async def use(cost, hold_s, name):
+            async with gate.hold(cost, "file"):
+                order.append(name)
+                await asyncio.sleep(hold_s)
+
+        a = asyncio.create_task(use(60, 0.2, "a"))
+        await asyncio.sleep(0.01)
+        b = asyncio.create_task(use(60, 0.0, "b"))  # waits for a's budget
+        await asyncio.gather(a, b)
+        assert order == ["a", "b"] and gate.used == 0 and gate.running == 0
+        hog = asyncio.create_task(use(100, 1.0, "hog"))
+        await asyncio.sleep(0.01)
+        with pytest.raises(APIError) as exc:
+            await use(10, 0.0, "late")
+        assert exc.value.status_code == 503 and exc.value.headers["Retry-After"] == "3"
+        with pytest.raises(APIError) as exc:
+            await use(101, 0.0, "huge")
+        assert exc.value.status_code == 413
+        await hog
+
+    asyncio.run(main())
+
+
+def test_upload_burst_keeps_peak_rss_bounded(fixture_path, tmp_path):
+    """16 concurrent 62 KB uploads that each decode to 253 MB (8 channels, 48 kHz, 165 s of silence) against
+    ``mimo-audio serve`` with the fixture models: every request is answered (200, or 503 with Retry-After), the
+    server's peak RSS stays under 1.5 GB (it was 7.7 GB), and memory returns after the burst."""
+    import concurrent.futures
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mimo_audio.cli", "serve", "--model", str(fixture_path / "lm"), "--tokenizer",
+         str(fixture_path / "tokenizer"), "--device", "cpu", "--port", str(port), "--no-warmup", "--no-page",
+         "--log-level", "warning", "--max-new-tokens", "2", "--decode-wait", "30"],
+        env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+
+    def status(key: str) -> int:
+        with open(f"/proc/{proc.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(key)) // 1024  # MB
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.2)
+        flac = silent_flac()
+        assert len(flac) < 80_000
+
+        def upload(_):
+            with httpx.Client(base_url=url, timeout=300) as c:
+                return c.post("/v1/audio/transcriptions", data={"model": MODEL},
+                              files={"file": ("burst.flac", flac, "audio/flac")})
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            replies = list(pool.map(upload, range(16)))
+        codes = [r.status_code for r in replies]
+        assert set(codes) <= {200, 503}, [r.text[:200] for r in replies]
+        assert all(r.headers.get("Retry-After") for r in replies if r.status_code == 503)
+        assert codes.count(200) >= 8, codes
+        peak, now = status("VmHWM:"), status("VmRSS:")
+        print(f"burst: {codes.count(200)} x 200, {codes.count(503)} x 503; peak RSS {peak} MB, after {now} MB")
+        assert peak < 1500, peak
+        assert now < 1000, now
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -236,7 +236,8 @@ def _from_file(source, target_rate, max_seconds, max_channels, what, max_decoded
                 total += block.shape[0]
                 if limit is not None and total > limit:
                     _check_duration(total, rate, max_seconds, what, max_frames)
-                blocks.append(block)
+                # mixed down block by block: a decode holds the mono signal, not every channel twice over
+                blocks.append(block.mean(axis=1, dtype=np.float32, keepdims=True) if channels > 1 else block)
                 if declared > 0 and total >= declared and block.shape[0] < _BLOCK_FRAMES:
                     break
             fmt = f.format
@@ -252,6 +253,22 @@ def _from_file(source, target_rate, max_seconds, max_channels, what, max_decoded
     x = np.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
     _check_finite(x, what)
     return _finish(x, rate, target_rate, what)
+
+
+def probe_audio(source: Any) -> tuple[int, int, int]:
+    """``(frames, channels, sample_rate)`` a file or file bytes declare in their header, without decoding the
+    audio (:class:`AudioInputError` when they cannot be opened)."""
+    what = "audio bytes" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+    src = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+    with _open(src, what) as f:
+        return int(f.frames), int(f.channels), int(f.samplerate)
+
+
+def decode_cost(frames: int, channels: int, rate: int, target_rate: int = 24000) -> int:
+    """Bytes :func:`load_audio` holds at its peak for a file of this shape: one block of every channel, the mono
+    blocks and their concatenation at the file's rate, and the resampled mono signal (all float32)."""
+    out = frames if rate == target_rate else -(-frames * target_rate // max(rate, 1))
+    return 4 * (min(frames, _BLOCK_FRAMES) * max(channels, 1) + 2 * frames + out)
 
 
 def load_audio(

@@ -52,6 +52,14 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
                    help="request body limit in MB (default: %(default)g)")
     g.add_argument("--max-audio-seconds", type=float, default=d.max_audio_seconds,
                    help="decoded audio per request, in seconds (default: %(default)g)")
+    g.add_argument("--decode-budget-mb", type=float, default=d.decode_budget_bytes / MiB,
+                   help="memory all audio decodes in progress may hold, reserved from each upload's header before "
+                        "decoding (default: %(default)g)")
+    g.add_argument("--max-concurrent-decodes", type=int, default=d.max_concurrent_decodes,
+                   help="audio decodes running at once (default: %(default)s)")
+    g.add_argument("--decode-wait", type=float, default=d.decode_wait_s,
+                   help="seconds an upload may wait for decode budget before 503 with Retry-After (default: "
+                        "%(default)g)")
     g.add_argument("--max-text-chars", type=int, default=d.max_text_chars,
                    help="characters per text input (default: %(default)s)")
     g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
@@ -88,6 +96,9 @@ def settings_from_args(args) -> ServerSettings:
         max_upload_bytes=int(args.max_upload_mb * MiB),
         max_audio_seconds=args.max_audio_seconds,
         max_text_chars=args.max_text_chars,
+        decode_budget_bytes=int(args.decode_budget_mb * MiB),
+        max_concurrent_decodes=args.max_concurrent_decodes,
+        decode_wait_s=args.decode_wait,
         max_new_tokens=args.max_new_tokens,
         header_timeout_s=args.header_timeout,
         body_timeout_s=args.body_timeout,

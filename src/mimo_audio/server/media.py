@@ -134,6 +134,50 @@ def check_input_format(declared, data: bytes, param: str) -> None:
                           "matching format (or leave it out)", param, code="format_mismatch")
 
 
+@dataclass(frozen=True)
+class AudioHeader:
+    """What an upload's header declares, read before any decoding."""
+
+    frames: int
+    channels: int
+    sample_rate: int
+    cost: int  # bytes the decode will hold at its peak (audio.decode_cost)
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate > 0 else 0.0
+
+
+def probe_header(data: bytes, limits: AudioLimits, param: str = "file") -> AudioHeader:
+    """The header of upload ``data`` checked against the limits before decoding (the same checks the decoder
+    repeats while reading): unreadable, too many channels, too long or too large to decode are 4xx here."""
+    from ..audio import check_rate, decode_cost, probe_audio
+    from ..errors import AudioInputError
+
+    if not data:
+        raise bad_request(f"'{param}' is empty; send an audio file (wav, flac, ogg, mp3)", param, code="empty_audio")
+    try:
+        frames, channels, rate = probe_audio(data)
+        rate = check_rate(rate, "audio bytes")
+    except AudioInputError as exc:
+        raise bad_request(_named(exc, param), param, code="invalid_audio") from None
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise bad_request(f"'{param}' has {channels} channels; at most {MAX_CHANNELS} are supported", param,
+                          code="invalid_audio")
+    header = AudioHeader(max(frames, 0), channels, rate, decode_cost(max(frames, 0), channels, rate, SAMPLE_RATE))
+    if header.seconds > limits.max_seconds:
+        raise APIError(413, f"'{param}' holds {header.seconds:.1f} s of audio; the limit is {limits.max_seconds:g} s",
+                       param=param, code="audio_too_long")
+    if frames * channels * 4 > limits.max_decoded_bytes:
+        raise APIError(413, f"'{param}' decodes to {frames * channels * 4 / MiB_:.0f} MB of samples; the limit is "
+                       f"{limits.max_decoded_bytes / MiB_:.0f} MB (send less, mono or lower-rate audio)", param=param,
+                       code="audio_too_large")
+    return header
+
+
+MiB_ = 1024 * 1024
+
+
 def _named(exc: Exception, param: str) -> str:
     """The library's message with the request field named instead of "audio bytes"."""
     return str(exc).replace("audio bytes", f"'{param}'", 1)

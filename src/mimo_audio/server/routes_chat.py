@@ -66,6 +66,7 @@ async def _convert_messages(svc: Service, body: ChatRequest) -> tuple[list[dict]
         raise bad_request(f"'messages' has {len(body.messages)} entries; the limit is {s.max_messages}", "messages")
     out: list[dict] = []
     decoded = []
+    pending: list[tuple[dict, tuple]] = []
     total_chars = 0
     for i, msg in enumerate(body.messages):
         role = msg.role
@@ -107,8 +108,10 @@ async def _convert_messages(svc: Service, body: ChatRequest) -> tuple[list[dict]
                     if not isinstance(data, str):
                         raise bad_request(f"{param}: missing audio data ({field})", param)
                     declared = spec.get("format") if kind == "input_audio" else None
-                    audio = await svc.decode_b64(data, f"{param}.{field}", declared_format=declared,
-                                                 format_param=f"{param}.input_audio.format")
+                    where = f"{param}.{field}"
+                    raw = svc.b64_bytes(data, where, declared_format=declared,
+                                        format_param=f"{param}.input_audio.format")
+                    audio = (raw, where, await svc.probe(raw, where))  # decoded below, once all are admitted
                     decoded.append(audio)
                 else:
                     raise bad_request(f"{param}: content part type '{str(kind)[:40]}' is not supported; use text, "
@@ -122,7 +125,7 @@ async def _convert_messages(svc: Service, body: ChatRequest) -> tuple[list[dict]
         if text:
             entry["text"] = text
         if audio is not None:
-            entry["audio"] = audio.as_pair()
+            pending.append((entry, audio))
         if role == "assistant" and isinstance(msg.audio, dict) and isinstance(msg.audio.get("id"), str):
             stored = svc.audio_store.get(msg.audio["id"])
             if stored is not None:
@@ -136,6 +139,17 @@ async def _convert_messages(svc: Service, body: ChatRequest) -> tuple[list[dict]
     if total_chars > s.max_chat_text_chars:
         raise bad_request(f"The conversation holds {total_chars} characters of text; the limit is "
                           f"{s.max_chat_text_chars}", "messages", code="string_above_max_length")
+    # every part's header is read before any is decoded: a request whose audio is over the limit in all is
+    # refused without decoding a single part
+    total = sum(header.seconds for _, (_, _, header) in pending)
+    if total > s.max_audio_seconds:
+        raise APIError(413, f"The request holds {total:.1f} s of audio in all (from the parts' headers); the limit "
+                       f"is {s.max_audio_seconds:.0f} s", code="audio_too_long")
+    decoded = []
+    for entry, (raw, where, header) in pending:
+        audio = await svc.decode(raw, where, header)
+        entry["audio"] = audio.as_pair()
+        decoded.append(audio)
     return out, decoded
 
 

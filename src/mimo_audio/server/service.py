@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import logging
 import math
@@ -24,7 +25,15 @@ from starlette.responses import StreamingResponse
 from ..errors import MimoAudioError
 from .batcher import Batcher, Job, JobTimeout
 from .errors import APIError, ClientGone, bad_request
-from .media import AudioLimits, DecodedAudio, check_input_format, decode_audio, decode_base64_audio
+from .media import (
+    AudioHeader,
+    AudioLimits,
+    DecodedAudio,
+    check_input_format,
+    decode_audio,
+    decode_base64_audio,
+    probe_header,
+)
 from .metrics import Registry
 from .settings import ServerSettings
 
@@ -106,6 +115,57 @@ class AudioStore:
             return item
 
 
+class DecodeGate:
+    """Admission for audio decoding: each decode reserves its peak memory (from the upload's header, before any
+    decoding) against a server-wide budget, and at most ``slots`` run at once. A decode that cannot start within
+    ``wait_s`` is refused with 503 and Retry-After, so a burst of uploads queues briefly instead of decoding all
+    at once."""
+
+    def __init__(self, budget: int, slots: int, wait_s: float, retry_after_s: int):
+        self.budget, self.slots, self.wait_s, self.retry_after_s = budget, slots, wait_s, retry_after_s
+        self.used = self.running = 0
+        self._cond: asyncio.Condition | None = None
+
+    @contextlib.asynccontextmanager
+    async def hold(self, cost: int, param: str):
+        if cost > self.budget:
+            raise APIError(413, f"'{param}' needs {cost / 2**20:.0f} MB to decode; this server decodes at most "
+                           f"{self.budget / 2**20:.0f} MB at a time (send shorter, mono or lower-rate audio)",
+                           param=param, code="audio_too_large")
+        if self._cond is None:
+            self._cond = asyncio.Condition()
+        cond = self._cond
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        async with cond:
+            while not (self.running < self.slots and self.used + cost <= self.budget):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise APIError(503, "The server is busy decoding other uploads; retry shortly", param=param,
+                                   code="decode_busy", headers={"Retry-After": str(self.retry_after_s)})
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(cond.wait(), remaining)
+            self.running += 1
+            self.used += cost
+        try:
+            yield
+        finally:
+            async with cond:
+                self.running -= 1
+                self.used -= cost
+                cond.notify_all()
+
+
+def _trim_heap() -> None:
+    """Hand freed heap memory back to the system after a large decode (glibc keeps it otherwise)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class Service:
     def __init__(self, backend, settings: ServerSettings, metrics: Registry | None = None):
         self.backend, self.settings = backend, settings
@@ -114,6 +174,8 @@ class Service:
                                queue_size=settings.queue_size, retry_after_s=settings.retry_after_s,
                                metrics=self.metrics)
         self.limits = AudioLimits(settings.max_audio_seconds, settings.max_decoded_bytes)
+        self.decode_gate = DecodeGate(settings.decode_budget_bytes, settings.max_concurrent_decodes,
+                                      settings.decode_wait_s, settings.retry_after_s)
         self.audio_store = AudioStore(settings.audio_store_size, settings.audio_store_ttl_s)
         self.sample_rate = int(getattr(backend, "sample_rate", 24000))
         self.ready = False
@@ -184,16 +246,32 @@ class Service:
         check_json_size(raw, json_token_bound(self.settings))
         return await anyio.to_thread.run_sync(parse_body, model_cls, raw)
 
-    async def decode(self, data: bytes, param: str) -> DecodedAudio:
-        audio = await anyio.to_thread.run_sync(functools.partial(decode_audio, data, self.limits, param))
+    async def probe(self, data: bytes, param: str) -> AudioHeader:
+        """The upload's header, checked against the limits (no decoding)."""
+        return await anyio.to_thread.run_sync(functools.partial(probe_header, data, self.limits, param))
+
+    async def decode(self, data: bytes, param: str, header: AudioHeader | None = None) -> DecodedAudio:
+        """Decode an upload once the decode gate admits its header's cost (see DecodeGate)."""
+        if header is None:
+            header = await self.probe(data, param)
+        async with self.decode_gate.hold(header.cost, param):
+            try:
+                audio = await anyio.to_thread.run_sync(functools.partial(decode_audio, data, self.limits, param))
+            finally:
+                if header.cost > 32 * 2**20:
+                    _trim_heap()
         self.metrics.audio_in.inc(audio.seconds)
         return audio
 
-    async def decode_b64(self, value: str, param: str, *, declared_format=None,
-                         format_param: str = "format") -> DecodedAudio:
+    def b64_bytes(self, value: str, param: str, *, declared_format=None, format_param: str = "format") -> bytes:
         data = decode_base64_audio(value, param)
         check_input_format(declared_format, data, format_param)
-        return await self.decode(data, param)
+        return data
+
+    async def decode_b64(self, value: str, param: str, *, declared_format=None,
+                         format_param: str = "format") -> DecodedAudio:
+        return await self.decode(self.b64_bytes(value, param, declared_format=declared_format,
+                                                format_param=format_param), param)
 
     def check_total_audio(self, audios: list[DecodedAudio]) -> None:
         total = sum(a.seconds for a in audios)

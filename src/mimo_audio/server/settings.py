@@ -31,6 +31,9 @@ class ServerSettings:
     max_audio_seconds: float = 600.0
     max_decoded_bytes: int = 256 * MiB
     max_text_chars: int = 4096
+    decode_budget_bytes: int = 512 * MiB  # server-wide memory all decodes in progress may hold (from headers)
+    max_concurrent_decodes: int = 2  # decodes running at once (each holds a worker thread and its memory)
+    decode_wait_s: float = 5.0  # how long a decode may wait for budget before 503 with Retry-After
     max_chat_text_chars: int = 16384
     max_audio_parts: int = 8
     max_messages: int = 64
@@ -52,7 +55,7 @@ class ServerSettings:
 
     def __post_init__(self):
         for name in ("max_batch", "queue_size", "max_upload_bytes", "max_text_chars", "max_new_tokens",
-                     "max_header_bytes", "max_connections"):
+                     "max_header_bytes", "max_connections", "decode_budget_bytes", "max_concurrent_decodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServerSettings.{name} must be at least 1, got {getattr(self, name)}")
         for name in ("timeout_s", "max_audio_seconds", "transcription_chunk_seconds", "header_timeout_s",
