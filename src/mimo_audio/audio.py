@@ -24,6 +24,7 @@ import io
 import math
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -356,6 +357,131 @@ def save_audio(path: str | os.PathLike, wav: Any, sample_rate: int = 24000, *, f
     with atomic_output(path) as tmp:
         sf.write(tmp, arr, rate, format=fmt, subtype=subtype)
     return path
+
+
+# --------------------------------------------------------------------------------------------- long audio
+def split_at_silences(samples: np.ndarray, sample_rate: int, max_seconds: float = 30.0) -> list[tuple[int, int]]:
+    """Cut audio into consecutive pieces of at most ``max_seconds``, each cut at the quietest point.
+
+    Returns (start, end) sample indices covering the whole input without gaps. A cut is placed at the centre of
+    the latest of the quietest 100 ms windows (within 5% of the minimum energy) in the second half of the
+    allowed span (so no piece is needlessly short);
+    audio no longer than ``max_seconds`` is one piece. The timings are real positions in the input, which is why
+    transcription segments built from them are honest (MiMo itself produces no timestamps).
+    """
+    n = len(samples)
+    max_len = max(1, int(max_seconds * sample_rate))
+    if n <= max_len:
+        return [(0, n)]
+    hop = max(1, sample_rate // 100)  # 10 ms
+    frames = n // hop
+    energy = np.empty(frames)
+    rows = 500  # 5 s at a time: the float64 energy never copies the whole signal
+    for i in range(0, frames, rows):
+        seg = samples[i * hop: min(i + rows, frames) * hop].astype(np.float64)
+        energy[i: i + rows] = np.square(seg).reshape(-1, hop).mean(axis=1)
+    width = 10  # 100 ms smoothing
+    smooth = np.convolve(energy, np.ones(width) / width, mode="same")
+    pieces, start = [], 0
+    while n - start > max_len:
+        lo, hi = (start + max_len // 2) // hop, (start + max_len) // hop
+        hi = min(hi, frames)
+        if hi <= lo:
+            cut = start + max_len
+        else:
+            window = smooth[lo:hi]
+            low, high = float(window.min()), float(window.max())
+            quiet = np.flatnonzero(window <= low + 0.05 * (high - low))  # near-silent frames; take the latest
+            cut = (lo + int(quiet[-1])) * hop + hop // 2
+            cut = min(max(cut, start + 1), start + max_len)
+        pieces.append((start, cut))
+        start = cut
+    pieces.append((start, n))
+    return pieces
+
+
+def iter_pieces(source: Any, sample_rate: int | None = None, *, piece_seconds: float = 30.0,
+                target_rate: int = 24000, max_seconds: float | None = None, allow_truncated: bool = False,
+                max_channels: int = MAX_CHANNELS) -> Iterator[tuple[int, np.ndarray]]:
+    """Long audio as consecutive mono pieces of at most ``piece_seconds`` at ``target_rate``, each cut at the
+    quietest point (:func:`split_at_silences`); yields ``(start_sample, samples)``.
+
+    A file or bytes is read block by block, mixed down and resampled as a stream, so memory stays bounded by a
+    few pieces whatever the length (a 2-hour recording needs no more than a 1-minute one). Arrays are already in
+    memory and are split as they are. ``max_seconds`` (None: no limit) caps the input's duration, checked from
+    the header first.
+    """
+    max_len = max(1, int(piece_seconds * target_rate))
+    if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
+        wav = load_audio(source, sample_rate, target_rate=target_rate, max_seconds=max_seconds,
+                         max_channels=max_channels).numpy()
+        for s, e in split_at_silences(wav, target_rate, piece_seconds):
+            yield s, wav[s:e]
+        return
+    what = "audio bytes" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(os.fspath(source)).expanduser()
+        if not path.is_file():
+            raise AudioInputError(f"{what}: no such file; check the path")
+        src = str(path)
+    else:
+        src = io.BytesIO(bytes(source))
+    import soxr
+
+    with _open(src, what) as f:
+        rate = check_rate(f.samplerate, what)
+        channels = int(f.channels)
+        if not 1 <= channels <= max_channels:
+            raise AudioInputError(f"{what}: {channels} channels is outside the supported 1-{max_channels}; mix it "
+                                  "down first")
+        declared = int(f.frames)
+        _check_duration(declared, rate, max_seconds, what)
+        if _DATA_SHOULD_BE.search(f.extra_info or ""):
+            _truncated(what, "its header promises more audio than it holds", allow_truncated)
+            declared = 0
+        resampler = None if rate == target_rate else soxr.ResampleStream(rate, target_rate, 1, dtype="float32",
+                                                                         quality="HQ")
+        parts: list[np.ndarray] = []  # mono blocks not yet cut into pieces (concatenated once per cut)
+        buffered = start = total = 0
+        while True:
+            try:
+                block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+            except Exception as exc:  # a decoder error part-way
+                if not (allow_truncated and total):
+                    raise AudioInputError(f"{what}: the audio data is corrupt or truncated ({exc}); "
+                                          f"{TRUNCATED_FIX}") from None
+                _truncated(what, f"decoding stopped: {exc}", True)
+                block = np.zeros((0, channels), np.float32)
+            last = block.shape[0] == 0
+            total += block.shape[0]
+            if max_seconds is not None and total > max_seconds * rate:
+                _check_duration(total, rate, max_seconds, what)
+            mono = block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0]
+            _check_finite(mono, what)
+            if resampler is not None:
+                mono = resampler.resample_chunk(mono, last=last)
+            if mono.size:
+                parts.append(np.asarray(mono, np.float32))
+                buffered += mono.size
+            if parts and (last or buffered >= 2 * max_len):
+                buf = np.concatenate(parts) if len(parts) > 1 else parts[0]
+                parts = []
+                bounds = split_at_silences(buf, target_rate, piece_seconds)
+                keep = len(bounds) if last else len(bounds) - 1  # the tail may continue in the next block
+                for s, e in bounds[:keep]:
+                    yield start + s, np.clip(buf[s:e], -1.0, 1.0)
+                cut = bounds[keep - 1][1] if keep else 0
+                start += cut
+                if cut < buf.size:
+                    parts = [buf[cut:].copy()]
+                buffered = buf.size - cut
+                del buf
+            if last:
+                break
+        if total == 0:
+            raise AudioInputError(f"{what}: the audio is empty (no samples in the file)")
+        if declared > 0 and total < declared:
+            _truncated(what, f"{total} of the {declared} frames its header announces", allow_truncated)
 
 
 # --------------------------------------------------------------------------------------------- mel

@@ -177,7 +177,31 @@ def terminal_safe(text: str, stream) -> str:
 
 # ============================================================================================ commands
 def cmd_transcribe(args) -> int:
-    return _run(args, "transcribe", list(args.audio) if len(args.audio) > 1 else args.audio[0], sources=args.audio)
+    kw = {}
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        from .errors import PromptError
+
+        raise PromptError(f"--max-seconds must be positive, got {args.max_seconds:g}")
+    close = None
+    if not args.stream:  # long audio (over 30 s) is split at silences and read as a stream, with a progress bar
+        kw = {"max_seconds": args.max_seconds, "allow_truncated": args.allow_truncated}
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(desc="transcribing", total=1.0, unit="s", file=sys.stderr, leave=False,
+                       bar_format="{desc}: {percentage:3.0f}% {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
+
+            def progress(done: float, total: float) -> None:
+                bar.total, bar.n = total, done
+                bar.refresh()
+
+            kw["progress"], close = progress, bar.close
+    try:
+        return _run(args, "transcribe", list(args.audio) if len(args.audio) > 1 else args.audio[0],
+                    sources=args.audio, **kw)
+    finally:
+        if close is not None:
+            close()
 
 
 def cmd_speak(args) -> int:
@@ -366,7 +390,12 @@ def add_task_commands(subparsers) -> None:
         return p
 
     p = add("transcribe", "speech recognition (Instruct model)", INSTRUCT, cmd_transcribe)
-    p.add_argument("audio", nargs="+", help="audio file(s); several run as one batch")
+    p.add_argument("audio", nargs="+", help="audio file(s); several run as one batch; audio over 30 s is split "
+                                            "at silences and transcribed piece by piece (any length)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="refuse audio longer than this many seconds (default: no limit for transcribe)")
+    p.add_argument("--allow-truncated", action="store_true",
+                   help="transcribe what a truncated file holds (with a warning) instead of refusing it")
 
     p = add("speak", "text to speech: plain, styled (--instruct), described (--natural) or in a voice (--voice) "
             "(Instruct model)", INSTRUCT, cmd_speak)

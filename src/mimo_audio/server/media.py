@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..audio import split_at_silences  # noqa: F401  (shared with the library's long-audio transcription)
 from .errors import APIError, bad_request
 
 MAX_CHANNELS = 8
@@ -252,42 +253,6 @@ class PCMStream:
         data = self._header + (to_int16(samples) if samples is not None else b"")
         self._header = b""
         return data
-
-
-def split_at_silences(samples: np.ndarray, sample_rate: int, max_seconds: float = 30.0) -> list[tuple[int, int]]:
-    """Cut audio into consecutive pieces of at most ``max_seconds``, each cut at the quietest point.
-
-    Returns (start, end) sample indices covering the whole input without gaps. A cut is placed at the centre of
-    the latest of the quietest 100 ms windows (within 5% of the minimum energy) in the second half of the
-    allowed span (so no piece is needlessly short);
-    audio no longer than ``max_seconds`` is one piece. The timings are real positions in the input, which is why
-    transcription segments built from them are honest (MiMo itself produces no timestamps).
-    """
-    n = len(samples)
-    max_len = max(1, int(max_seconds * sample_rate))
-    if n <= max_len:
-        return [(0, n)]
-    hop = max(1, sample_rate // 100)  # 10 ms
-    frames = n // hop
-    energy = np.square(samples[: frames * hop].astype(np.float64)).reshape(frames, hop).mean(axis=1)
-    width = 10  # 100 ms smoothing
-    smooth = np.convolve(energy, np.ones(width) / width, mode="same")
-    pieces, start = [], 0
-    while n - start > max_len:
-        lo, hi = (start + max_len // 2) // hop, (start + max_len) // hop
-        hi = min(hi, frames)
-        if hi <= lo:
-            cut = start + max_len
-        else:
-            window = smooth[lo:hi]
-            low, high = float(window.min()), float(window.max())
-            quiet = np.flatnonzero(window <= low + 0.05 * (high - low))  # near-silent frames; take the latest
-            cut = (lo + int(quiet[-1])) * hop + hop // 2
-            cut = min(max(cut, start + 1), start + max_len)
-        pieces.append((start, cut))
-        start = cut
-    pieces.append((start, n))
-    return pieces
 
 
 def _timestamp(seconds: float, sep: str) -> str:

@@ -119,22 +119,8 @@ def _header_text(text: str) -> str:
 TRANSCRIPT_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 
 
-def _join(a: str, b: str) -> str:
-    a, b = a.strip(), b.strip()
-    if not a or not b:
-        return a or b
-    return a + _sep(a, b) + b
-
-
-def _sep(a: str, b: str) -> str:
-    """The separator to put between two transcript pieces: nothing for CJK or existing spaces, else a space."""
-    if not a or not b or a[-1].isspace() or b[0].isspace() or _cjk(a[-1]) or _cjk(b[0]):
-        return ""
-    return " "
-
-
-def _cjk(ch: str) -> bool:
-    return "\u3000" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" or "\uff00" <= ch <= "\uffef"
+from ..output import join_transcript as _join  # noqa: E402  (shared with the library's long-audio transcribe)
+from ..output import transcript_separator as _sep  # noqa: E402
 
 
 @router.post("/v1/audio/transcriptions", summary="Speech to text (OpenAI-compatible)")
