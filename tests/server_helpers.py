@@ -31,7 +31,7 @@ class LiveServer:
     """uvicorn serving ``app`` in a thread on a free loopback port; ``url`` is its base URL. ``options``: more
     ``uvicorn.Config`` arguments (e.g. ``server.protocol.uvicorn_options(settings)``, as ``mimo-audio serve``)."""
 
-    def __init__(self, app, **options):
+    def __init__(self, app, server_cls=None, **options):
         import uvicorn
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -41,7 +41,7 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, **{"log_level": "warning", "lifespan": "on", "timeout_graceful_shutdown": 2,
                                         **options})
-        self.server = uvicorn.Server(config)
+        self.server = server_cls(config) if server_cls is not None else uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self):

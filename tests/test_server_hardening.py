@@ -392,3 +392,49 @@ def test_upload_burst_keeps_peak_rss_bounded(fixture_path, tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+# ------------------------------------------------------------------------------------------- item 5
+def test_graceful_shutdown_answers_every_request(caplog):
+    """SIGTERM: /ready and new requests get 503 at once (with Retry-After), a request that finishes within the
+    grace period gets its 200, one still running after it gets a 503 shutting_down; each has an access-log line."""
+    import logging
+    import signal
+    import threading
+    import time
+
+    from mimo_audio.server.protocol import DrainingServer, uvicorn_options
+
+    slow = FakeBackend(step_s=0.4)  # 8 steps: 3.2 s per request
+    settings = ServerSettings(shutdown_grace_s=1.5, max_new_tokens=8)
+    app = create_app(slow, settings)
+    cls = lambda config: DrainingServer(config, app.state.service, settings.shutdown_grace_s)  # noqa: E731
+    caplog.set_level(logging.INFO, logger="mimo_audio.server")
+    results = {}
+
+    def speak(name, tokens):
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            results[name] = c.post("/v1/audio/speech", json={"model": MODEL, "input": name, "max_new_tokens": tokens})
+
+    with LiveServer(app, server_cls=cls, **uvicorn_options(settings)) as srv:
+        long = threading.Thread(target=speak, args=("long", 8))
+        short = threading.Thread(target=speak, args=("short", 2))  # 0.8 s: within the grace period
+        long.start()
+        short.start()
+        time.sleep(0.3)
+        srv.server.handle_exit(signal.SIGTERM, None)
+        time.sleep(0.2)
+        with httpx.Client(base_url=srv.url, timeout=10) as c:
+            ready = c.get("/ready")
+            late = c.post("/v1/audio/speech", json={"model": MODEL, "input": "late"})
+        long.join(20)
+        short.join(20)
+    assert ready.status_code == 503 and ready.headers["Retry-After"]
+    assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down" and late.headers["Retry-After"]
+    assert results["short"].status_code == 200 and results["short"].content[:4] == b"RIFF"
+    assert results["long"].status_code == 503 and results["long"].json()["error"]["code"] == "shutting_down"
+    lines = [r.getMessage() for r in caplog.records if '"POST /v1/audio/speech' in r.getMessage()
+             or '"GET /ready' in r.getMessage()]
+    assert sum('" 200 ' in line for line in lines if "POST" in line) == 1
+    assert sum('" 503 ' in line for line in lines if "POST" in line) == 2
+    assert any("GET /ready" in line and '" 503 ' in line for line in lines)

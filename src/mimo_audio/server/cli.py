@@ -121,7 +121,7 @@ def run_serve(args) -> int:
               "pip install 'mimo-audio[serve]'", file=sys.stderr)
         return 1
     from ..errors import MimoAudioError
-    from .protocol import uvicorn_options
+    from .protocol import DrainingServer, uvicorn_options
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -141,6 +141,7 @@ def run_serve(args) -> int:
         return 1
     app = create_app(mimo, settings)
     # uvicorn's own access log is replaced by ours (method, path, status, duration).
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                **uvicorn_options(settings))
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                            **uvicorn_options(settings))
+    DrainingServer(config, app.state.service, settings.shutdown_grace_s).run()
     return 0

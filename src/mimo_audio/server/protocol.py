@@ -10,8 +10,10 @@ byte (or from the connection, for the first request) to finish its headers; past
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .settings import ServerSettings
@@ -79,5 +81,38 @@ def uvicorn_options(settings: ServerSettings) -> dict:
         "timeout_keep_alive": settings.keep_alive_s,
         "h11_max_incomplete_event_size": settings.max_header_bytes,
         "limit_concurrency": settings.max_connections,
-        "timeout_graceful_shutdown": settings.shutdown_grace_s,
+        # uvicorn's own wait comes after DrainingServer's drain: only the replies' last bytes are left by then
+        "timeout_graceful_shutdown": 5,
     }
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with a graceful shutdown that answers every request (see ``Service.drain``).
+
+    The first SIGTERM/SIGINT starts draining while the server keeps listening: new generation requests get 503
+    with Retry-After and ``/ready`` 503 (so a load balancer stops sending), running ones may finish for
+    ``shutdown_grace_s``, the rest are answered 503; then uvicorn shuts down as usual. A second signal stops at
+    once. Every request gets a response and an access-log line."""
+
+    def __init__(self, config: uvicorn.Config, service, grace_s: float):
+        super().__init__(config)
+        self.service, self.grace_s = service, grace_s
+        self._drain_started = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig, frame) -> None:
+        if self._drain_started or self._loop is None:
+            return super().handle_exit(sig, frame)
+        self._drain_started = True
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain()))
+
+    async def _drain(self) -> None:
+        try:
+            await self.service.drain(self.grace_s)
+            await asyncio.sleep(0.2)  # the last replies' bytes
+        finally:
+            self.should_exit = True

@@ -156,6 +156,13 @@ class DecodeGate:
                 cond.notify_all()
 
 
+class ShuttingDown(APIError):
+    def __init__(self, retry_after_s: int, started: bool = False):
+        message = ("The server shut down before this request finished; retry it" if started else
+                   "The server is shutting down and accepts no new work; retry shortly (another instance may take it)")
+        super().__init__(503, message, code="shutting_down", headers={"Retry-After": str(retry_after_s)})
+
+
 def _trim_heap() -> None:
     """Hand freed heap memory back to the system after a large decode (glibc keeps it otherwise)."""
     try:
@@ -179,6 +186,8 @@ class Service:
         self.audio_store = AudioStore(settings.audio_store_size, settings.audio_store_ttl_s)
         self.sample_rate = int(getattr(backend, "sample_rate", 24000))
         self.ready = False
+        self.draining = False
+        self._jobs: set[Job] = set()
         self._prep_limiter: anyio.CapacityLimiter | None = None
 
     # ---------------------------------------------------------------- lifecycle
@@ -204,6 +213,27 @@ class Service:
     def stop(self) -> None:
         self.ready = False
         self.batcher.stop()
+
+    async def drain(self, grace_s: float) -> None:
+        """Graceful shutdown, step one (SIGTERM): admit nothing new (503 with Retry-After; /ready 503), let the
+        running jobs finish for up to ``grace_s`` seconds, then cancel the rest, whose requests are answered 503
+        ``shutting_down``. Returns once every job has ended (or 2 s after the cancellation)."""
+        self.draining, self.ready = True, False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        log.info("shutting down: no new requests; %d running may finish within %g s",
+                 sum(not j.finished for j in self._jobs), grace_s)
+        while loop.time() < deadline and any(not j.finished for j in self._jobs):
+            await asyncio.sleep(0.05)
+        left = [j for j in self._jobs if not j.finished]
+        if left:
+            log.warning("shutting down: %d request(s) still running after %g s are cancelled (503)", len(left),
+                        grace_s)
+            for job in left:
+                job.cancel("shutdown")
+            end = loop.time() + 2.0
+            while loop.time() < end and any(not j.finished for j in left):
+                await asyncio.sleep(0.05)
 
     # ---------------------------------------------------------------- checks
     def check_model(self, model: str) -> None:
@@ -294,6 +324,8 @@ class Service:
 
     async def start_jobs(self, task: str, kwargs_list: list[dict]) -> list[Job]:
         """Admit one request (one queue slot, 429 when full), prepare its rows and queue them."""
+        if self.draining:
+            raise ShuttingDown(self.settings.retry_after_s)
         if not self.ready:
             raise APIError(503, "The server is not ready (loading or shutting down); retry shortly",
                            code="not_ready", headers={"Retry-After": str(self.settings.retry_after_s)})
@@ -309,6 +341,7 @@ class Service:
             if i > 0:  # one request holds one slot; its extra rows (transcription chunks) ride along
                 self.batcher.reserve_extra()
             jobs.append(self.batcher.submit(req, timeout_s=self.settings.timeout_s, task=task, t_admit=t0))
+        self._jobs = {j for j in self._jobs if not j.finished} | set(jobs)
         return jobs
 
     async def pieces(self, job: Job, request=None, *, ping: float | None = None) -> AsyncIterator[Any]:
@@ -340,6 +373,8 @@ class Service:
                     continue
                 if piece is None:
                     if job.cancelled:
+                        if job.cancel_reason == "shutdown":
+                            raise ShuttingDown(self.settings.retry_after_s, started=True)
                         raise ClientGone()
                     return
                 last_ping = time.monotonic()
