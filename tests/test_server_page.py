@@ -73,14 +73,16 @@ def _select(driver, task: str):
     Select(driver.find_element(By.ID, "task")).select_by_value(task)
 
 
-def _run_task(driver, task: str):
+def _run_task(driver, task: str, *, may_lack_audio: bool = False):
+    """Run a task on the page. ``may_lack_audio``: a spoken result whose seed was not picked to speak; the random
+    model may end before any audio, which the server answers 422 no_audio and the page shows as the status."""
     from selenium.webdriver.common.by import By
 
     _select(driver, task)
     driver.find_element(By.ID, "run").click()
     status = _wait(lambda: (s := driver.find_element(By.ID, "status").text) and not s.startswith("Running") and s,
                    what=f"{task} to finish")
-    assert status.startswith("Done"), status
+    assert status.startswith("Done") or (may_lack_audio and "produced no audio" in status), status
     return status
 
 
@@ -132,10 +134,10 @@ def test_page_transcribe_speak_record(browser, tmp_path, fixture_path):
         assert duration == pytest.approx(want, abs=2e-3)
 
         browser.find_element(By.ID, "instructions").send_keys("cheerful")
-        _run_task(browser, "speak")
+        _run_task(browser, "speak", may_lack_audio=True)
         _run_task(browser, "understand")
-        _run_task(browser, "talk")
-        assert "MiMo:" in browser.find_element(By.ID, "conversation").text
+        if _run_task(browser, "talk", may_lack_audio=True).startswith("Done"):
+            assert "MiMo:" in browser.find_element(By.ID, "conversation").text
 
         # the microphone (Chromium's fake device): record ~1 s, stop, the clip becomes the input
         browser.find_element(By.ID, "record").click()
