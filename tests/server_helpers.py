@@ -28,9 +28,10 @@ def wav_bytes(seconds: float = 1.0, rate: int = 16000, freq: float = 220.0, fmt:
 
 
 class LiveServer:
-    """uvicorn serving ``app`` in a thread on a free loopback port; ``url`` is its base URL."""
+    """uvicorn serving ``app`` in a thread on a free loopback port; ``url`` is its base URL. ``options``: more
+    ``uvicorn.Config`` arguments (e.g. ``server.protocol.uvicorn_options(settings)``, as ``mimo-audio serve``)."""
 
-    def __init__(self, app):
+    def __init__(self, app, server_cls=None, **options):
         import uvicorn
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -38,8 +39,9 @@ class LiveServer:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
-        self.server = uvicorn.Server(config)
+        config = uvicorn.Config(app, **{"log_level": "warning", "lifespan": "on", "timeout_graceful_shutdown": 2,
+                                        **options})
+        self.server = server_cls(config) if server_cls is not None else uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self):

@@ -169,13 +169,15 @@ def test_odd_arrays_only_raise_audio_input_error(arr, rate):
 
 
 # --------------------------------------------------------------------------------------------- saving
-@pytest.mark.parametrize("suffix", [".wav", ".flac"])
-def test_save_round_trip(tmp_path, suffix):
+@pytest.mark.parametrize(("suffix", "float32", "subtype", "atol"), [
+    (".wav", False, "PCM_16", 1 / 32767), (".wav", True, "FLOAT", 1e-7), (".flac", False, "PCM_24", 2e-7 * 2**7),
+])
+def test_save_round_trip(tmp_path, suffix, float32, subtype, atol):
     x = torch.from_numpy(tone(0.3))
-    out = save_audio(tmp_path / f"x{suffix}", x)
+    out = save_audio(tmp_path / f"x{suffix}", x, float32=float32)
     back, rate = sf.read(out, dtype="float32")
-    assert rate == RATE
-    np.testing.assert_allclose(back, x.numpy(), atol=1e-6 if suffix == ".wav" else 2e-7 * 2**7)
+    assert rate == RATE and sf.info(str(out)).subtype == subtype
+    np.testing.assert_allclose(back, x.numpy(), atol=atol)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"x{suffix}"]
 
 

@@ -40,7 +40,8 @@ def test_encode_decode_roundtrip(tmp_path, tok, clip, codec, capsys):
     assert torch.equal(codes, codec.encode(load_audio(clip), num_quantizers=5))
 
     out = tmp_path / "out.wav"
-    assert main(["codec", "decode", str(codes_path), "-o", str(out), "--tokenizer", tok, "--device", "cpu"]) == 0
+    assert main(["codec", "decode", str(codes_path), "-o", str(out), "--tokenizer", tok, "--device", "cpu",
+                 "--float-wav"]) == 0
     wav, rate = sf.read(out, dtype="float32")
     assert rate == codec.sample_rate
     torch.testing.assert_close(torch.from_numpy(wav), codec.decode(codes), atol=1e-6, rtol=0)

@@ -349,3 +349,14 @@ def test_random_model_is_deterministic():
         assert torch.equal(pa, pb), na
     x = np.asarray(speechlike(4800))
     assert torch.equal(a.encode(x, num_quantizers=3), b.encode(x, num_quantizers=3))
+
+
+def test_stream_decode_takes_one_codes_tensor(tiny):
+    """A single ``(frames, n_q)`` tensor is the whole stream as one chunk (iterating it would give rows)."""
+    codes = tiny.encode(speechlike(24000), num_quantizers=2)
+    whole = torch.cat(list(tiny.stream_decode(codes, left_context=codes.shape[0], lookahead=3)))
+    torch.testing.assert_close(whole, torch.cat(list(tiny.stream_decode([codes], left_context=codes.shape[0],
+                                                                        lookahead=3))), rtol=0, atol=0)
+    assert whole.shape[0] == codes.shape[0] * tiny.samples_per_code
+    with pytest.raises(AudioInputError, match=r"\(frames, n_q\)"):
+        list(tiny.stream_decode(codes[0]))

@@ -312,3 +312,16 @@ def test_audio_over_the_codec_limit_is_refused_once_with_its_type(mimo):
         assert mimo.encode(np.zeros(24000 // 2, dtype=np.float32), sample_rate=24000).shape[1] == 8
     finally:
         codec.config = saved
+
+
+def test_temperature_zero_means_greedy(mimo):
+    """temperature=0 is greedy text decoding (as in the server and the CLI), audio_temperature=0 greedy audio; the
+    two together are greedy=True."""
+    req = mimo.prepare("chat", messages=[{"role": "user", "text": "hi"}], reply="speech", temperature=0)
+    assert not req.config.text.do_sample and req.config.local.do_sample
+    req = mimo.prepare("speak", text="Hi.", temperature=0, audio_temperature=0)
+    assert not req.config.text.do_sample and not req.config.local.do_sample
+    msgs = [{"role": "user", "text": "hello there"}]
+    a = mimo.chat(msgs, reply="text", temperature=0, audio_temperature=0, max_new_tokens=8, seed=1)
+    b = mimo.chat(msgs, reply="text", greedy=True, max_new_tokens=8, seed=2)
+    assert a.text == b.text

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mimo_audio.sampling import SamplingParams, filter_logits, params_tensors, sample
+from mimo_audio.sampling import GREEDY, Sampler, SamplingParams, filter_logits, params_tensors, sample
 
 
 def _p(n, **kw):
@@ -72,8 +72,8 @@ def test_sampling_distribution_and_seed():
 
 
 def test_bad_params():
-    with pytest.raises(ValueError):
-        SamplingParams(temperature=0)
+    with pytest.raises(ValueError, match="0 means greedy"):
+        SamplingParams(temperature=-0.5)
     with pytest.raises(ValueError):
         SamplingParams(top_p=1.5)
 
@@ -107,3 +107,55 @@ def test_top_p_one_still_drops_zero_probability_tokens_before_a_ban(kmax):
     assert {int(sample(x, ban=ban, uniforms=torch.tensor([u]), **kw)) for u in (0.0, 0.5, 0.9, 0.999)} == {1}
     # without a ban the skipped filter changes nothing: the top token has all the mass
     assert {int(sample(x, uniforms=torch.tensor([u]), **kw)) for u in (0.0, 0.5, 0.999)} == {0}
+
+
+# ------------------------------------------------------------------ temperature 0 and the production Sampler
+def test_temperature_zero_is_greedy():
+    """temperature 0 means greedy (OpenAI's convention): the same sampler as GREEDY, argmax for any uniforms."""
+    zero = SamplingParams(temperature=0)
+    assert zero == GREEDY and not zero.do_sample
+    x = torch.tensor([[0.0, 2.0, 1.9, -1.0]]).expand(50, 4)
+    out = sample(x, **params_tensors([SamplingParams(temperature=0, top_k=3)] * 50),
+                 uniforms=torch.linspace(0, 0.999, 50))
+    assert out.tolist() == [1] * 50
+
+
+def _draws(logits, params: SamplingParams, kmax=None, n=4000):
+    """Ids drawn by the production Sampler for ``n`` evenly spread uniforms: their set, and their frequencies."""
+    x = logits.expand(n, logits.shape[-1])
+    t = params_tensors([params] * n)
+    out = Sampler(t["temperature"], t["top_k"], t["top_p"], t["do_sample"], kmax)(x, None,
+                                                                                torch.linspace(0, 0.99999, n))
+    return set(out.tolist()), torch.bincount(out, minlength=logits.shape[-1]).float() / n
+
+
+@pytest.mark.parametrize("kmax", [None, 3])
+def test_sampler_top_k_draws_only_the_k_largest(kmax):
+    x = torch.tensor([[1.0, 3.0, 2.0, 2.5, 0.0]])
+    support, freq = _draws(x, SamplingParams(top_k=3), kmax)
+    assert support == {1, 2, 3}
+    want = torch.tensor([3.0, 2.0, 2.5]).softmax(-1)
+    assert (freq[[1, 2, 3]] - want).abs().max() < 0.01
+
+
+@pytest.mark.parametrize("kmax", [None, 4])
+def test_sampler_top_p_draws_from_the_nucleus(kmax):
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    # p = 0.75: the ascending cumulative 0.05, 0.20 <= 0.25 drops ids 3 and 2; the nucleus {0, 1} is renormalised
+    k = 4 if kmax else None  # the top-k candidate path needs every row's top_k within kmax
+    support, freq = _draws(probs.log(), SamplingParams(top_p=0.75, top_k=k), kmax)
+    assert support == {0, 1}
+    assert abs(float(freq[0]) - 0.5 / 0.8) < 0.01
+    assert _draws(probs.log(), SamplingParams(top_p=1e-6, top_k=k), kmax)[0] == {0}  # a tiny p keeps the top id
+
+
+def test_sampler_temperature_then_filters():
+    """Temperature scales before top-k/top-p: at T = 1 the nucleus p = 0.75 is {0, 1} (ascending cumulative 0.1,
+    0.4, 1); at T = 0.5 the probabilities become 0.78, 0.20, 0.02 and it shrinks to the top id."""
+    probs = torch.tensor([[0.6, 0.3, 0.1]])
+    assert _draws(probs.log(), SamplingParams(top_p=0.75))[0] == {0, 1}
+    support, freq = _draws(probs.log(), SamplingParams(temperature=0.5, top_p=0.75))
+    assert support == {0}
+    support, freq = _draws(probs.log(), SamplingParams(temperature=2.0))
+    want = (probs.log() / 2.0).softmax(-1)[0]
+    assert support == {0, 1, 2} and (freq - want).abs().max() < 0.01

@@ -280,7 +280,8 @@ def _speak_like_pipeline(browser, mimo, seed, **kwargs):
         _run(browser, "speak")
         assert _duration(browser, "speak-out-audio") == pytest.approx(seconds, abs=2e-3)
     else:
-        _run(browser, "speak", expect="The model produced no speech")
+        # the server answers a speech request that made no audio with a 422 no_audio; the page shows its message
+        _run(browser, "speak", expect="The model produced no audio")
         assert not _id(browser, "speak-out-download").is_displayed()
 
 

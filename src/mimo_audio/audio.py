@@ -24,6 +24,7 @@ import io
 import math
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +191,21 @@ def _open(source, what: str):
         ) from None
 
 
-def _from_file(source, target_rate, max_seconds, max_channels, what, max_decoded_bytes=None) -> torch.Tensor:
+TRUNCATED_FIX = ("repair it by rewriting the file from the audio it holds (e.g. `sox in.wav fixed.wav` or "
+                 "`ffmpeg -i in.wav fixed.wav`), re-export it, or read what is there with allow_truncated=True")
+
+
+def _truncated(what: str, detail: str, allow: bool) -> None:
+    """A truncated file: an error saying how to repair it, or with ``allow`` a warning (what is there is used)."""
+    if not allow:
+        raise AudioInputError(f"{what}: the file is truncated ({detail}); {TRUNCATED_FIX}")
+    import warnings
+
+    warnings.warn(f"{what}: the file is truncated ({detail}); using the audio it holds", stacklevel=4)
+
+
+def _from_file(source, target_rate, max_seconds, max_channels, what, max_decoded_bytes=None,
+               allow_truncated: bool = False) -> torch.Tensor:
     with _open(source, what) as f:
         try:
             rate = check_rate(f.samplerate, what)
@@ -205,34 +220,56 @@ def _from_file(source, target_rate, max_seconds, max_channels, what, max_decoded
             limits = [v for v in (None if max_seconds is None else int(max_seconds * rate), max_frames) if v is not None]
             limit = min(limits) if limits else None
             info = f.extra_info or ""
-            if _DATA_SHOULD_BE.search(info):
-                raise AudioInputError(f"{what}: the file is truncated (its header promises more audio than it holds)")
+            header_truncated = bool(_DATA_SHOULD_BE.search(info))
+            if header_truncated:
+                _truncated(what, "its header promises more audio than it holds", allow_truncated)
             blocks, total = [], 0
             while True:
-                block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                try:
+                    block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                except Exception as exc:  # a decoder error mid-stream: keep what came before, if allowed
+                    if not (allow_truncated and blocks):
+                        raise
+                    _truncated(what, f"decoding stopped: {exc}", True)
+                    break
                 if block.shape[0] == 0:
                     break
                 total += block.shape[0]
                 if limit is not None and total > limit:
                     _check_duration(total, rate, max_seconds, what, max_frames)
-                blocks.append(block)
+                # mixed down block by block: a decode holds the mono signal, not every channel twice over
+                blocks.append(block.mean(axis=1, dtype=np.float32, keepdims=True) if channels > 1 else block)
                 if declared > 0 and total >= declared and block.shape[0] < _BLOCK_FRAMES:
                     break
             fmt = f.format
         except AudioInputError:
             raise
         except Exception as exc:  # decoder errors in the middle of the stream
-            raise AudioInputError(f"{what}: the audio data is corrupt or truncated ({exc}); re-export the file") from None
+            raise AudioInputError(f"{what}: the audio data is corrupt or truncated ({exc}); {TRUNCATED_FIX}") from None
     if total == 0:
         raise AudioInputError(f"{what}: the audio is empty (no samples in the file)")
     slack = max(2048, declared // 100) if fmt in ("MP3", "MPEG") else 0
-    if declared > 0 and total + slack < declared:
-        raise AudioInputError(
-            f"{what}: the file is truncated ({total} of the {declared} frames its header announces); re-export it"
-        )
+    if declared > 0 and total + slack < declared and not header_truncated:
+        _truncated(what, f"{total} of the {declared} frames its header announces", allow_truncated)
     x = np.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
     _check_finite(x, what)
     return _finish(x, rate, target_rate, what)
+
+
+def probe_audio(source: Any) -> tuple[int, int, int]:
+    """``(frames, channels, sample_rate)`` a file or file bytes declare in their header, without decoding the
+    audio (:class:`AudioInputError` when they cannot be opened)."""
+    what = "audio bytes" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+    src = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+    with _open(src, what) as f:
+        return int(f.frames), int(f.channels), int(f.samplerate)
+
+
+def decode_cost(frames: int, channels: int, rate: int, target_rate: int = 24000) -> int:
+    """Bytes :func:`load_audio` holds at its peak for a file of this shape: one block of every channel, the mono
+    blocks and their concatenation at the file's rate, and the resampled mono signal (all float32)."""
+    out = frames if rate == target_rate else -(-frames * target_rate // max(rate, 1))
+    return 4 * (min(frames, _BLOCK_FRAMES) * max(channels, 1) + 2 * frames + out)
 
 
 def load_audio(
@@ -243,6 +280,7 @@ def load_audio(
     max_seconds: float | None = DEFAULT_MAX_SECONDS,
     max_channels: int = MAX_CHANNELS,
     max_decoded_bytes: int | None = None,
+    allow_truncated: bool = False,
 ) -> torch.Tensor:
     """Load ``source`` as mono float32 at ``target_rate`` (1-D CPU tensor).
 
@@ -250,7 +288,9 @@ def load_audio(
     file's own rate is used and ``sample_rate`` is ignored. ``max_seconds`` (default 30 minutes, ``None``
     for no limit) is checked from the header before decoding and again while decoding; ``max_decoded_bytes``
     caps the float32 samples a file or bytes source may decode to (a guard against forged sample rates and
-    highly compressed silence). Over either limit: :class:`AudioTooLongError`.
+    highly compressed silence). Over either limit: :class:`AudioTooLongError`. A truncated file (fewer frames
+    than its header announces, or a decoder error part-way) is an :class:`AudioInputError` saying how to repair
+    it; with ``allow_truncated=True`` the audio it holds is used, with a warning (as sox does).
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(os.fspath(source)).expanduser()
@@ -264,12 +304,14 @@ def load_audio(
                 pass
         except OSError as exc:
             raise AudioInputError(f"{what}: cannot open the file ({exc.strerror or exc})") from None
-        return _from_file(str(path), target_rate, max_seconds, max_channels, what, max_decoded_bytes)
+        return _from_file(str(path), target_rate, max_seconds, max_channels, what, max_decoded_bytes,
+                          allow_truncated)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if not data:
             raise AudioInputError("audio bytes: empty input (0 bytes)")
-        return _from_file(io.BytesIO(data), target_rate, max_seconds, max_channels, "audio bytes", max_decoded_bytes)
+        return _from_file(io.BytesIO(data), target_rate, max_seconds, max_channels, "audio bytes", max_decoded_bytes,
+                          allow_truncated)
     if isinstance(source, tuple) and len(source) == 2 and not isinstance(source[1], (np.ndarray, torch.Tensor, list)):
         samples, rate = source
         return _from_array(samples, rate, target_rate, max_seconds, max_channels, "audio array")
@@ -279,11 +321,13 @@ def load_audio(
 
 
 # --------------------------------------------------------------------------------------------- save
-_SUBTYPES = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_24")}
+_SUBTYPES = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_24")}
 
 
-def save_audio(path: str | os.PathLike, wav: Any, sample_rate: int = 24000) -> Path:
-    """Write a mono waveform to ``path`` (``.wav`` as 32-bit float, ``.flac`` as 24-bit PCM).
+def save_audio(path: str | os.PathLike, wav: Any, sample_rate: int = 24000, *, float32: bool = False) -> Path:
+    """Write a mono waveform to ``path``: ``.wav`` as 16-bit PCM (the format every player and tool reads; with
+    ``float32=True``, 32-bit float with the ``fact`` chunk such files need), ``.flac`` as 24-bit PCM. PCM samples
+    are clipped to [-1, 1].
 
     The file appears atomically (written to a temporary file in the same folder, then renamed): a failure
     never leaves a half-written file behind.
@@ -301,6 +345,11 @@ def save_audio(path: str | os.PathLike, wav: Any, sample_rate: int = 24000) -> P
         raise AudioInputError(f"{path}: refusing to write an empty waveform")
     _check_finite(arr, str(path))
     fmt, subtype = _SUBTYPES[suffix]
+    if float32:
+        if fmt != "WAV":
+            raise AudioInputError(f"{path}: float samples can be written to .wav only; use a .wav path or drop "
+                                  "the float option")
+        subtype = "FLOAT"
     if subtype.startswith("PCM"):
         arr = np.clip(arr, -1.0, 1.0)
     import soundfile as sf
@@ -308,6 +357,131 @@ def save_audio(path: str | os.PathLike, wav: Any, sample_rate: int = 24000) -> P
     with atomic_output(path) as tmp:
         sf.write(tmp, arr, rate, format=fmt, subtype=subtype)
     return path
+
+
+# --------------------------------------------------------------------------------------------- long audio
+def split_at_silences(samples: np.ndarray, sample_rate: int, max_seconds: float = 30.0) -> list[tuple[int, int]]:
+    """Cut audio into consecutive pieces of at most ``max_seconds``, each cut at the quietest point.
+
+    Returns (start, end) sample indices covering the whole input without gaps. A cut is placed at the centre of
+    the latest of the quietest 100 ms windows (within 5% of the minimum energy) in the second half of the
+    allowed span (so no piece is needlessly short);
+    audio no longer than ``max_seconds`` is one piece. The timings are real positions in the input, which is why
+    transcription segments built from them are honest (MiMo itself produces no timestamps).
+    """
+    n = len(samples)
+    max_len = max(1, int(max_seconds * sample_rate))
+    if n <= max_len:
+        return [(0, n)]
+    hop = max(1, sample_rate // 100)  # 10 ms
+    frames = n // hop
+    energy = np.empty(frames)
+    rows = 500  # 5 s at a time: the float64 energy never copies the whole signal
+    for i in range(0, frames, rows):
+        seg = samples[i * hop: min(i + rows, frames) * hop].astype(np.float64)
+        energy[i: i + rows] = np.square(seg).reshape(-1, hop).mean(axis=1)
+    width = 10  # 100 ms smoothing
+    smooth = np.convolve(energy, np.ones(width) / width, mode="same")
+    pieces, start = [], 0
+    while n - start > max_len:
+        lo, hi = (start + max_len // 2) // hop, (start + max_len) // hop
+        hi = min(hi, frames)
+        if hi <= lo:
+            cut = start + max_len
+        else:
+            window = smooth[lo:hi]
+            low, high = float(window.min()), float(window.max())
+            quiet = np.flatnonzero(window <= low + 0.05 * (high - low))  # near-silent frames; take the latest
+            cut = (lo + int(quiet[-1])) * hop + hop // 2
+            cut = min(max(cut, start + 1), start + max_len)
+        pieces.append((start, cut))
+        start = cut
+    pieces.append((start, n))
+    return pieces
+
+
+def iter_pieces(source: Any, sample_rate: int | None = None, *, piece_seconds: float = 30.0,
+                target_rate: int = 24000, max_seconds: float | None = None, allow_truncated: bool = False,
+                max_channels: int = MAX_CHANNELS) -> Iterator[tuple[int, np.ndarray]]:
+    """Long audio as consecutive mono pieces of at most ``piece_seconds`` at ``target_rate``, each cut at the
+    quietest point (:func:`split_at_silences`); yields ``(start_sample, samples)``.
+
+    A file or bytes is read block by block, mixed down and resampled as a stream, so memory stays bounded by a
+    few pieces whatever the length (a 2-hour recording needs no more than a 1-minute one). Arrays are already in
+    memory and are split as they are. ``max_seconds`` (None: no limit) caps the input's duration, checked from
+    the header first.
+    """
+    max_len = max(1, int(piece_seconds * target_rate))
+    if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
+        wav = load_audio(source, sample_rate, target_rate=target_rate, max_seconds=max_seconds,
+                         max_channels=max_channels).numpy()
+        for s, e in split_at_silences(wav, target_rate, piece_seconds):
+            yield s, wav[s:e]
+        return
+    what = "audio bytes" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(os.fspath(source)).expanduser()
+        if not path.is_file():
+            raise AudioInputError(f"{what}: no such file; check the path")
+        src = str(path)
+    else:
+        src = io.BytesIO(bytes(source))
+    import soxr
+
+    with _open(src, what) as f:
+        rate = check_rate(f.samplerate, what)
+        channels = int(f.channels)
+        if not 1 <= channels <= max_channels:
+            raise AudioInputError(f"{what}: {channels} channels is outside the supported 1-{max_channels}; mix it "
+                                  "down first")
+        declared = int(f.frames)
+        _check_duration(declared, rate, max_seconds, what)
+        if _DATA_SHOULD_BE.search(f.extra_info or ""):
+            _truncated(what, "its header promises more audio than it holds", allow_truncated)
+            declared = 0
+        resampler = None if rate == target_rate else soxr.ResampleStream(rate, target_rate, 1, dtype="float32",
+                                                                         quality="HQ")
+        parts: list[np.ndarray] = []  # mono blocks not yet cut into pieces (concatenated once per cut)
+        buffered = start = total = 0
+        while True:
+            try:
+                block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+            except Exception as exc:  # a decoder error part-way
+                if not (allow_truncated and total):
+                    raise AudioInputError(f"{what}: the audio data is corrupt or truncated ({exc}); "
+                                          f"{TRUNCATED_FIX}") from None
+                _truncated(what, f"decoding stopped: {exc}", True)
+                block = np.zeros((0, channels), np.float32)
+            last = block.shape[0] == 0
+            total += block.shape[0]
+            if max_seconds is not None and total > max_seconds * rate:
+                _check_duration(total, rate, max_seconds, what)
+            mono = block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0]
+            _check_finite(mono, what)
+            if resampler is not None:
+                mono = resampler.resample_chunk(mono, last=last)
+            if mono.size:
+                parts.append(np.asarray(mono, np.float32))
+                buffered += mono.size
+            if parts and (last or buffered >= 2 * max_len):
+                buf = np.concatenate(parts) if len(parts) > 1 else parts[0]
+                parts = []
+                bounds = split_at_silences(buf, target_rate, piece_seconds)
+                keep = len(bounds) if last else len(bounds) - 1  # the tail may continue in the next block
+                for s, e in bounds[:keep]:
+                    yield start + s, np.clip(buf[s:e], -1.0, 1.0)
+                cut = bounds[keep - 1][1] if keep else 0
+                start += cut
+                if cut < buf.size:
+                    parts = [buf[cut:].copy()]
+                buffered = buf.size - cut
+                del buf
+            if last:
+                break
+        if total == 0:
+            raise AudioInputError(f"{what}: the audio is empty (no samples in the file)")
+        if declared > 0 and total < declared:
+            _truncated(what, f"{total} of the {declared} frames its header announces", allow_truncated)
 
 
 # --------------------------------------------------------------------------------------------- mel

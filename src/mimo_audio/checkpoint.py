@@ -27,10 +27,12 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
 
 
-def resolve(path_or_id: str | os.PathLike, *, allow_patterns: list[str] | None = None) -> Path:
+def resolve(path_or_id: str | os.PathLike, *, allow_patterns: list[str] | None = None,
+            downloading: bool = False) -> Path:
     """Return a local folder for ``path_or_id``: the folder itself, or the hub snapshot (downloaded if needed).
 
-    A string that names an existing folder always wins over a hub id of the same spelling.
+    A string that names an existing folder always wins over a hub id of the same spelling. ``downloading``: the
+    caller is ``mimo-audio download`` itself (its failure does not suggest running it).
     """
     p = Path(os.fspath(path_or_id)).expanduser()
     if p.is_dir():
@@ -40,16 +42,19 @@ def resolve(path_or_id: str | os.PathLike, *, allow_patterns: list[str] | None =
         raise CheckpointError(f"{text} is a file; pass the folder that holds config.json and the .safetensors files")
     if not HUB_ID.match(text):
         raise CheckpointError(
-            f"no checkpoint folder at {text!r}; pass an existing folder or a hub id such as 'XiaomiMiMo/MiMo-Audio-Tokenizer'"
+            f"no checkpoint folder at {text!r}; pass an existing folder or a hub id: the LM (--model) is "
+            f"'{INSTRUCT_ID}' (or '{BASE_ID}'), the audio tokenizer (--tokenizer) '{TOKENIZER_ID}'"
         )
     try:
         from huggingface_hub import snapshot_download
 
         local = snapshot_download(repo_id=text, allow_patterns=allow_patterns or WEIGHT_PATTERNS)
     except Exception as exc:  # huggingface_hub raises many types (offline, 404, network, auth)
+        advice = ("Check the id and your network (or HF_HUB_OFFLINE / HF_ENDPOINT), or copy the checkpoint "
+                  "folder here and pass its path." if downloading else
+                  "Check the id and your network, run `mimo-audio download` beforehand, or pass a local folder.")
         raise CheckpointError(
-            f"cannot fetch {text!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
-            "Check the id and your network, run `mimo-audio download` beforehand, or pass a local folder."
+            f"cannot fetch {text!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). {advice}"
         ) from None
     return Path(local)
 

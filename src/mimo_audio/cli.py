@@ -12,6 +12,7 @@ Errors the user can cause (:class:`~mimo_audio.errors.MimoAudioError`, ``OSError
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -39,6 +40,11 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str | None = None)
         g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="torch.compile the generation step functions (CUDA graphs on CUDA; the first groups "
                             "then take a while); default: the MIMO_AUDIO_COMPILE environment switch, else off")
+
+
+def add_float_wav_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--float-wav", action="store_true",
+                   help="write .wav as 32-bit float instead of 16-bit PCM (the default, which every tool reads)")
 
 
 # ============================================================================================ codec
@@ -114,7 +120,7 @@ def cmd_codec_decode(args) -> int:
     codes, _meta = load_codes(args.input)
     codec = _load_codec(args)
     wav = _decode_codes(codec, codes, args.window, args.num_quantizers)
-    save_audio(args.output, wav.cpu(), codec.sample_rate)
+    save_audio(args.output, wav.cpu(), codec.sample_rate, float32=args.float_wav)
     print(f"{args.output}: {wav.shape[0] / codec.sample_rate:.2f} s at {codec.sample_rate} Hz", file=sys.stderr)
     return 0
 
@@ -126,7 +132,7 @@ def cmd_codec_roundtrip(args) -> int:
     codec = _load_codec(args)
     codes = _encode_file(codec, args.input, args.num_quantizers)
     wav = _decode_codes(codec, codes, args.window)
-    save_audio(args.output, wav.cpu(), codec.sample_rate)
+    save_audio(args.output, wav.cpu(), codec.sample_rate, float32=args.float_wav)
     print(f"{args.output}: {codes.shape[0]} frames x {codes.shape[1]} codebooks -> "
           f"{wav.shape[0] / codec.sample_rate:.2f} s", file=sys.stderr)
     return 0
@@ -156,6 +162,7 @@ def add_codec_commands(subparsers) -> None:
     p.add_argument("--window", type=int, default=None,
                    help="decode independent windows of this many frames (1500 reproduces the reference)")
     common(p, nq_default=None)
+    add_float_wav_arg(p)
     p.set_defaults(func=cmd_codec_decode)
 
     p = sub.add_parser("roundtrip", help="audio file -> codes -> audio file (hear what the tokenizer keeps)")
@@ -163,6 +170,7 @@ def add_codec_commands(subparsers) -> None:
     p.add_argument("-o", "--output", required=True, help="output .wav or .flac file")
     p.add_argument("--window", type=int, default=None, help="decode in independent windows of this many frames")
     common(p, nq_default=8)
+    add_float_wav_arg(p)
     p.set_defaults(func=cmd_codec_roundtrip)
 
 
@@ -186,6 +194,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The library's errors name its keywords; on the command line the same advice names the flags.
+_FLAG_WORDS = [
+    (re.compile(r"\breply='speech'"), "--reply speech"), (re.compile(r"\breply='text'"), "--reply text"),
+    (re.compile(r"\bvoice=(?=[\s;,.)]|$)"), "--voice"), (re.compile(r"\binstruct=(?=[\s;,.)]|$)"), "--instruct"),
+    (re.compile(r"\bnatural=True"), "--natural"), (re.compile(r"\bthinking=True"), "--thinking"),
+    (re.compile(r"\bdrop thinking\b"), "drop --thinking"), (re.compile(r"\bdrop voice\b"), "drop --voice"),
+    (re.compile(r"\bmax_new_tokens\b"), "--max-new-tokens"), (re.compile(r"\bmax_seconds\b"), "--max-seconds"),
+    (re.compile(r"\ballow_truncated=True"), "--allow-truncated"), (re.compile(r"\bseconds must\b"), "--seconds must"),
+    (re.compile(r"--model / model="), "--model"), (re.compile(r"--tokenizer / tokenizer="), "--tokenizer"),
+]
+
+
+def cli_words(message: str) -> str:
+    """A library error message as the CLI says it: Python keywords (``voice=``, ``reply='speech'``,
+    ``max_new_tokens``) become the flags that set them (``--voice``, ``--reply speech``, ``--max-new-tokens``)."""
+    for pattern, flag in _FLAG_WORDS:
+        message = pattern.sub(flag, message)
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -195,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(exc) or type(exc).__name__
         if isinstance(exc, OSError) and getattr(exc, "filename", None):
             msg = f"{exc.filename}: {exc.strerror or msg}"
-        print(f"mimo-audio: error: {' '.join(msg.split())}", file=sys.stderr)
+        print(f"mimo-audio: error: {cli_words(' '.join(msg.split()))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("mimo-audio: interrupted", file=sys.stderr)

@@ -17,7 +17,7 @@ from pathlib import Path
 from .checkpoint import BASE_ID as BASE
 from .checkpoint import INSTRUCT_ID as INSTRUCT
 from .checkpoint import TOKENIZER_ID as TOKENIZER
-from .cli import add_model_args, check_output
+from .cli import add_float_wav_arg, add_model_args, check_output
 
 
 # ============================================================================================ plumbing
@@ -26,7 +26,7 @@ def _add_generation_args(p: argparse.ArgumentParser, limit: str = "") -> None:
     g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     g.add_argument("--max-new-tokens", type=int, default=None,
                    help=f"limit on generated LM steps (1 step = 0.16 s of audio){limit}")
-    g.add_argument("--temperature", type=float, default=None, help="text sampler temperature (task preset otherwise)")
+    g.add_argument("--temperature", type=float, default=None, help="text sampler temperature; 0 = greedy (task preset otherwise)")
     g.add_argument("--top-k", type=int, default=None, help="text sampler top-k")
     g.add_argument("--top-p", type=float, default=None, help="text sampler top-p")
     g.add_argument("--greedy", action="store_true", help="deterministic decoding (argmax) for text and audio")
@@ -37,6 +37,7 @@ def _add_generation_args(p: argparse.ArgumentParser, limit: str = "") -> None:
 def _add_output_arg(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("-o", "--output", default=default,
                    help=f"where to write the speech (.wav or .flac; default: {default}); several results get -1, -2, ...")
+    add_float_wav_arg(p)
 
 
 def _gen_kwargs(args) -> dict:
@@ -63,63 +64,146 @@ def _numbered(path: str, i: int, n: int) -> str:
     return str(p.with_name(f"{p.stem}-{i + 1}{p.suffix}"))
 
 
-def _emit(args, replies, *, sources=None, output: str | None = None) -> None:
-    """Print (and save) results: plain text, or one JSON object per line with --json."""
+def _emit(args, replies, *, sources=None, output: str | None = None) -> int:
+    """Print (and save) results: plain text, or one JSON object per line with --json.
+
+    Every result is handled, whatever happened to the ones before it: a result with speech is written, one that
+    failed (an ``Exception`` in ``replies``, or a speech result with no audio) is reported, and the others still
+    run. Returns the exit status: 0 when every result succeeded, 1 otherwise (after a summary naming each failure).
+    """
+    failures: list[str] = []
+    n = len(replies)
     for i, reply in enumerate(replies):
+        name = f"result {i + 1}" + (f" ({sources[i]})" if sources is not None and n > 1 else "")
+        if isinstance(reply, Exception):
+            message = " ".join(str(reply).split())
+            failures.append(f"{name}: {message}")
+            if args.json:
+                obj = {"error": message}
+                if sources is not None:
+                    obj["input"] = sources[i]
+                print(json.dumps(obj, ensure_ascii=False))
+            else:
+                print(f"error: {name}: {message}", file=sys.stderr)
+            continue
         saved = None
+        no_speech = False
         if output and reply.audio is not None:
             if reply.audio.numel() == 0:
-                from .errors import MimoAudioError
-
-                if not args.json and not getattr(args, "stream", False):
-                    print(reply.text)
-                raise MimoAudioError(
-                    f"the model produced no speech for result {i + 1} (finish: {reply.finish_reason}); nothing written "
-                    "to -o. Try another --seed or a larger --max-new-tokens"
-                )
-            saved = reply.save(_numbered(output, i, len(replies)))
+                no_speech = True
+                failures.append(f"{name}: the model produced no speech (finish: {reply.finish_reason}); nothing "
+                                "written for it. Try another --seed or a larger --max-new-tokens")
+            else:
+                saved = _save(args, reply, _numbered(output, i, n))
         if args.json:
             obj = {"text": reply.text, "finish_reason": reply.finish_reason}
             if sources is not None:
                 obj["input"] = sources[i]
             if saved:
                 obj.update(audio=saved, sample_rate=reply.sample_rate, seconds=round(reply.duration, 3))
+            if no_speech:
+                obj["error"] = "no speech was produced"
             print(json.dumps(obj, ensure_ascii=False))
         else:
             if not getattr(args, "stream", False):
-                prefix = f"{sources[i]}\t" if sources is not None and len(replies) > 1 else ""
-                print(prefix + reply.text)
+                prefix = f"{sources[i]}\t" if sources is not None and n > 1 else ""
+                print(prefix + terminal_safe(reply.text, sys.stdout))
             if saved:
                 print(f"wrote {saved} ({reply.duration:.2f} s)", file=sys.stderr)
+    if not failures:
+        return 0
+    done = n - len(failures)
+    summary = f"{len(failures)} of {n} results failed" if n > 1 else "failed"
+    print(f"mimo-audio {getattr(args, 'command', '')}: {summary}" + (f" ({done} succeeded)" if n > 1 else "")
+          + ":\n  " + "\n  ".join(failures), file=sys.stderr)
+    return 1
 
 
-def _run(args, method: str, *pos, output: str | None = None, sources=None, **kw) -> None:
-    """Call ``mimo.<method>`` (or its stream twin with --stream) and print the results."""
-    mimo = _load(args)
-    kw.update(_gen_kwargs(args))
-    if getattr(args, "stream", False):
-        replies = {}
-        for piece in getattr(mimo, f"stream_{method}")(*pos, **kw):
-            if piece.text and not args.json:
-                print(piece.text, end="", flush=True)
-            if piece.done:
-                replies[piece.index] = piece.reply
-                if not args.json:
-                    print(flush=True)
-        result = [replies[i] for i in sorted(replies)]
-    else:
-        out = getattr(mimo, method)(*pos, **kw)
-        result = out if isinstance(out, list) else [out]
+def _save(args, reply, path: str) -> str:
+    from .audio import save_audio
+
+    return str(save_audio(path, reply.audio, reply.sample_rate, float32=getattr(args, "float_wav", False)))
+
+
+def _run(args, method: str, *pos, output: str | None = None, sources=None, **kw) -> int:
+    """Call ``mimo.<method>`` (or its stream twin with --stream), print the results; returns the exit status.
+
+    When ``sources`` is given, ``pos[0]`` is the batch (one entry per source): if the batch as a whole is refused
+    (one bad file, one text too long), each entry is run on its own so that the good ones still give results and
+    each bad one is named."""
+    from .errors import MimoAudioError
     from .pipeline import Reply
 
+    mimo = _load(args)
+    kw.update(_gen_kwargs(args))
+
+    def call(*pos_):
+        if getattr(args, "stream", False):
+            replies = {}
+            for piece in getattr(mimo, f"stream_{method}")(*pos_, **kw):
+                if piece.text and not args.json:
+                    print(terminal_safe(piece.text, sys.stdout), end="", flush=True)
+                if piece.done:
+                    replies[piece.index] = piece.reply
+                    if not args.json:
+                        print(flush=True)
+            return [replies[i] for i in sorted(replies)]
+        out = getattr(mimo, method)(*pos_, **kw)
+        return out if isinstance(out, list) else [out]
+
+    batched = sources is not None and isinstance(pos[0], list) and len(pos[0]) > 1
+    try:
+        result = call(*pos)
+    except MimoAudioError:
+        if not batched:
+            raise
+        result = []
+        for item in pos[0]:  # find which entries fail; the others still run
+            try:
+                result.extend(call(item, *pos[1:]))
+            except MimoAudioError as exc:
+                result.append(exc)
     result = [Reply(text=r) if isinstance(r, str) else r for r in result]  # transcribe/understand give strings
-    _emit(args, result, sources=sources, output=output)
+    return _emit(args, result, sources=sources, output=output)
+
+
+def terminal_safe(text: str, stream) -> str:
+    """``text`` for printing: on a terminal, control characters (ESC, CR, backspace, ...; not newline or tab) are
+    shown escaped (``\\x1b``) so a transcript cannot move the cursor, recolour or rewrite the screen; into a
+    pipe or file the text is unchanged."""
+    if not getattr(stream, "isatty", lambda: False)():
+        return text
+    return "".join(ch if ch in "\n\t" or (ch.isprintable() and not 0x80 <= ord(ch) < 0xA0)
+                   else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 # ============================================================================================ commands
 def cmd_transcribe(args) -> int:
-    _run(args, "transcribe", args.audio if len(args.audio) > 1 else args.audio[0], sources=args.audio)
-    return 0
+    kw = {}
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        from .errors import PromptError
+
+        raise PromptError(f"--max-seconds must be positive, got {args.max_seconds:g}")
+    close = None
+    if not args.stream:  # long audio (over 30 s) is split at silences and read as a stream, with a progress bar
+        kw = {"max_seconds": args.max_seconds, "allow_truncated": args.allow_truncated}
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(desc="transcribing", total=1.0, unit="s", file=sys.stderr, leave=False,
+                       bar_format="{desc}: {percentage:3.0f}% {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
+
+            def progress(done: float, total: float) -> None:
+                bar.total, bar.n = total, done
+                bar.refresh()
+
+            kw["progress"], close = progress, bar.close
+    try:
+        return _run(args, "transcribe", list(args.audio) if len(args.audio) > 1 else args.audio[0],
+                    sources=args.audio, **kw)
+    finally:
+        if close is not None:
+            close()
 
 
 def cmd_speak(args) -> int:
@@ -131,15 +215,13 @@ def cmd_speak(args) -> int:
         from .errors import PromptError
 
         raise PromptError("nothing to say: give the text as an argument or with --file")
-    _run(args, "speak", texts if len(texts) > 1 else texts[0], instruct=args.instruct, voice=args.voice,
-         natural=args.natural, output=args.output)
-    return 0
+    return _run(args, "speak", texts if len(texts) > 1 else texts[0], instruct=args.instruct, voice=args.voice,
+                natural=args.natural, output=args.output, sources=texts)
 
 
 def cmd_understand(args) -> int:
     audio = args.audio if len(args.audio) > 1 else args.audio[0]
-    _run(args, "understand", audio, args.question, thinking=args.thinking)
-    return 0
+    return _run(args, "understand", audio, args.question, thinking=args.thinking)
 
 
 def cmd_few_shot(args) -> int:
@@ -150,8 +232,7 @@ def cmd_few_shot(args) -> int:
         examples.append({"input": inp, "output": out, "transcript": transcript})
     if args.examples:
         examples.extend(_read_examples(args.examples))
-    _run(args, "few_shot", examples, args.audio, instruction=args.instruction, output=args.output)
-    return 0
+    return _run(args, "few_shot", examples, args.audio, instruction=args.instruction, output=args.output)
 
 
 def _read_examples(path: str) -> list[dict]:
@@ -179,8 +260,7 @@ def _read_examples(path: str) -> list[dict]:
 
 def cmd_continue(args) -> int:
     check_output(args.output)
-    _run(args, "continue_speech", args.audio, seconds=args.seconds, output=args.output)
-    return 0
+    return _run(args, "continue_speech", args.audio, seconds=args.seconds, output=args.output)
 
 
 def cmd_chat(args) -> int:
@@ -200,9 +280,8 @@ def cmd_chat(args) -> int:
                               "pass the text once (as the argument or with --text), or an audio file with --text")
     if args.text is not None:  # with an audio file: one user turn with both
         message["text"] = args.text
-    _run(args, "chat", [message], reply=args.reply, voice=args.voice, system_prompt=args.system,
-         thinking=args.thinking, output=args.output if args.reply == "speech" else None)
-    return 0
+    return _run(args, "chat", [message], reply=args.reply, voice=args.voice, system_prompt=args.system,
+                thinking=args.thinking, output=args.output if args.reply == "speech" else None)
 
 
 def _user_message(entry: str) -> dict:
@@ -262,9 +341,9 @@ def _interactive_chat(args) -> int:
             print(f"error: {' '.join(str(exc).split())}", file=out, flush=True)
             continue
         turn += 1
-        print(f"mimo> {reply.text}", file=out, flush=True)
+        print(f"mimo> {terminal_safe(reply.text, out)}", file=out, flush=True)
         if reply.audio is not None and reply.audio.numel():
-            path = reply.save(_numbered(args.output, turn - 1, 2))
+            path = _save(args, reply, _numbered(args.output, turn - 1, 2))
             print(f"(speech: {path}, {reply.duration:.2f} s)", file=out, flush=True)
         elif reply.audio is not None:
             print("(no speech was produced this turn)", file=out, flush=True)
@@ -293,7 +372,7 @@ def cmd_download(args) -> int:
             print(str(local))
             continue
         print(f"fetching {rid} ...", file=sys.stderr, flush=True)
-        folder = resolve(rid)
+        folder = resolve(rid, downloading=True)
         safetensors_files(folder)
         print(str(folder))
     return 0
@@ -316,7 +395,12 @@ def add_task_commands(subparsers) -> None:
         return p
 
     p = add("transcribe", "speech recognition (Instruct model)", INSTRUCT, cmd_transcribe)
-    p.add_argument("audio", nargs="+", help="audio file(s); several run as one batch")
+    p.add_argument("audio", nargs="+", help="audio file(s); several run as one batch; audio over 30 s is split "
+                                            "at silences and transcribed piece by piece (any length)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="refuse audio longer than this many seconds (default: no limit for transcribe)")
+    p.add_argument("--allow-truncated", action="store_true",
+                   help="transcribe what a truncated file holds (with a warning) instead of refusing it")
 
     p = add("speak", "text to speech: plain, styled (--instruct), described (--natural) or in a voice (--voice) "
             "(Instruct model)", INSTRUCT, cmd_speak)

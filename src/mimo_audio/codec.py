@@ -276,8 +276,14 @@ class AudioTokenizer(nn.Module):
         Semantics of the reference's ``streaming_decode`` (SPEC §2.7) for one stream (see
         :class:`StreamingDecoder`, its push-style form). The state belongs to this call. When ``chunks`` is a
         sequence its last chunk is decoded as the reference's ``last_chunk`` (one piece); for any other iterable
-        the held-back tail is flushed as one extra piece when it ends (same samples in total).
+        the held-back tail is flushed as one extra piece when it ends (same samples in total). One ``(frames,
+        n_q)`` tensor is one chunk (the whole stream at once), not a sequence of rows.
         """
+        if isinstance(chunks, torch.Tensor):
+            if chunks.ndim != 2:
+                raise AudioInputError(f"stream_decode: codes must be (frames, n_q) or an iterable of such chunks, "
+                                      f"got a tensor of shape {tuple(chunks.shape)}")
+            chunks = [chunks]
         decoder = StreamingDecoder(self, left_context, lookahead, num_quantizers=num_quantizers)
         count = len(chunks) if isinstance(chunks, Sequence) and not isinstance(chunks, (torch.Tensor, str)) else None
         for index, chunk in enumerate(chunks):

@@ -53,6 +53,33 @@ def read_config_json(path: str | Path) -> dict:
     return data
 
 
+# Fields only one kind of checkpoint has: the LM's config.json vs the audio tokenizer's.
+_LM_KEYS = {"speech_vocab_size", "delay_pattern", "group_size", "num_hidden_layers", "local_layers"}
+_TOKENIZER_KEYS = {"codebook_size", "encoder_layers", "decoder_layers", "n_mels", "hop_length"}
+
+
+def checkpoint_kind(data: dict) -> str | None:
+    """"lm", "tokenizer" or None (neither's tell-tale fields) for a parsed config.json."""
+    lm, tok = len(_LM_KEYS & data.keys()), len(_TOKENIZER_KEYS & data.keys())
+    return "lm" if lm > tok else "tokenizer" if tok > lm else None
+
+
+def check_kind(data: dict, want: str, path) -> None:
+    """Refuse the other kind of checkpoint, naming it (an LM folder given as the tokenizer, or the reverse)."""
+    from .checkpoint import INSTRUCT_ID, TOKENIZER_ID
+
+    found = checkpoint_kind(data)
+    if found is None or found == want:
+        return
+    folder = Path(path).parent
+    if found == "lm":
+        raise CheckpointError(f"{folder} is a MiMo-Audio LM checkpoint, not the audio tokenizer: pass it as the "
+                              f"model (--model / model=) and the tokenizer folder or '{TOKENIZER_ID}' as "
+                              "--tokenizer / tokenizer=")
+    raise CheckpointError(f"{folder} is the MiMo-Audio audio tokenizer checkpoint, not the LM: pass it as "
+                          f"--tokenizer / tokenizer=, and the LM folder or '{INSTRUCT_ID}' as --model / model=")
+
+
 def _from_dict(cls, data: dict, converters: dict):
     kwargs = {}
     names = {f.name for f in dataclasses.fields(cls)}
@@ -129,7 +156,9 @@ class TokenizerConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> TokenizerConfig:
-        return cls.from_dict(read_config_json(path))
+        data = read_config_json(path)
+        check_kind(data, "tokenizer", path)
+        return cls.from_dict(data)
 
     @property
     def codebook_sizes(self) -> tuple[int, ...]:
@@ -208,7 +237,9 @@ class LMConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> LMConfig:
-        return cls.from_dict(read_config_json(path))
+        data = read_config_json(path)
+        check_kind(data, "lm", path)
+        return cls.from_dict(data)
 
     @property
     def empty_ids(self) -> tuple[int, ...]:

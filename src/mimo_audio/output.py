@@ -245,3 +245,22 @@ def parse_output(generated: torch.Tensor, tokenizer, layout, *, stop_ids: Sequen
     parser.feed(generated)
     parser.finish()
     return parser.output
+
+
+def transcript_separator(a: str, b: str) -> str:
+    """The separator between two transcript pieces: nothing for CJK or existing spaces, else a space."""
+    if not a or not b or a[-1].isspace() or b[0].isspace() or _cjk(a[-1]) or _cjk(b[0]):
+        return ""
+    return " "
+
+
+def join_transcript(a: str, b: str) -> str:
+    """Two transcript pieces as one text (each stripped; see :func:`transcript_separator`)."""
+    a, b = a.strip(), b.strip()
+    if not a or not b:
+        return a or b
+    return a + transcript_separator(a, b) + b
+
+
+def _cjk(ch: str) -> bool:
+    return "\u3000" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" or "\uff00" <= ch <= "\uffef"

@@ -40,6 +40,8 @@ from .checkpoint import INSTRUCT_ID, TOKENIZER_ID
 from .errors import AudioInputError, MimoAudioError, PromptError, is_int
 
 __all__ = ["MimoAudio", "Piece", "Reply", "RequestStream", "Speech", "TaskRequest"]
+#: clips longer than this are transcribed in pieces cut at silences (MimoAudio.transcribe_long)
+LONG_AUDIO_PIECE_SECONDS = 30.0
 
 
 def _is_one_audio(x: Any) -> bool:
@@ -124,12 +126,15 @@ class MimoAudio:
         """
         from .checkpoint import parse_device, parse_dtype, resolve
         from .codec import AudioTokenizer
+        from .config import check_kind, read_config_json
         from .lm import MimoAudioLM
         from .text import TextTokenizer
 
         dev = parse_device(device)
         dt = parse_dtype(dtype)
         folder = resolve(model)
+        if (folder / "config.json").is_file():  # a tokenizer folder given as the model is named as such
+            check_kind(read_config_json(folder / "config.json"), "lm", folder / "config.json")
         text_tokenizer = TextTokenizer.from_folder(folder)
         lm = MimoAudioLM.from_pretrained(folder, device=dev, dtype=dt, empty_id=text_tokenizer.ids.empty)
         codec = AudioTokenizer.from_pretrained(tokenizer, device=dev, dtype=dt)
@@ -317,11 +322,13 @@ class MimoAudio:
     def _prep_understand(self, audio, question: str, *, thinking: bool = False, sample_rate=None):
         if isinstance(question, str) and not question.strip():
             raise PromptError("the question is empty; pass a question or instruction, e.g. 'Describe the audio.'")
+        clips = [audio] if _is_one_audio(audio) else audio
+        if not _is_one_audio(audio) and (not isinstance(audio, (list, tuple)) or not audio):
+            raise PromptError("understand needs an audio clip or a non-empty list of clips")
+        self._check_fits_context([self._seconds(a, sample_rate) for a in clips])
         if _is_one_audio(audio):
             codes = self._codes(audio, sample_rate, "audio")
         else:
-            if not isinstance(audio, (list, tuple)) or not audio:
-                raise PromptError("understand needs an audio clip or a non-empty list of clips")
             codes = [self._codes(a, sample_rate, f"audio clip {i}") for i, a in enumerate(audio)]
         return "understand", self.prompts.understand(codes, question, thinking=thinking), {}
 
@@ -428,15 +435,93 @@ class MimoAudio:
         items, batched = _as_list(audio, _is_one_audio)
         return [self.prepare("transcribe", audio=a, **kw) for a in items], batched
 
-    def transcribe(self, audio, **kw) -> str | list[str]:
+    def transcribe(self, audio, *, max_seconds: float | None = None, allow_truncated: bool = False,
+                   progress=None, **kw) -> str | list[str]:
         """Speech recognition (Instruct model). ``audio``: one clip, or a list of clips (one batch -> list).
 
         Options: ``language="en"|"zh"`` (prompt template language; recognition works for both), ``template=``,
-        ``sample_rate=`` for arrays, plus the common generation options (see :meth:`prepare`).
+        ``sample_rate=`` for arrays, plus the common generation options (see :meth:`prepare`). A clip longer than
+        :data:`LONG_AUDIO_PIECE_SECONDS` is transcribed by :meth:`transcribe_long` (split at silences, read as a
+        stream); ``max_seconds``, ``allow_truncated`` and ``progress`` apply to those.
         """
-        reqs, batched = self._transcribe_requests(audio, kw)
-        texts = [r.text for r in self.run(reqs)]
+        items, batched = _as_list(audio, _is_one_audio)
+        # long clips, and with allow_truncated every clip (the streamed reader is the one that allows it)
+        long = [allow_truncated or self._seconds(a, kw.get("sample_rate")) > LONG_AUDIO_PIECE_SECONDS
+                for a in items]
+        if not any(long):
+            reqs, batched = self._transcribe_requests(audio, kw)
+            texts = [r.text for r in self.run(reqs)]
+            return texts if batched else texts[0]
+        texts = [self.transcribe_long(a, max_seconds=max_seconds, allow_truncated=allow_truncated,
+                                      progress=progress, **kw) if is_long else self.transcribe(a, **kw)
+                 for a, is_long in zip(items, long)]
         return texts if batched else texts[0]
+
+    def transcribe_long(self, audio, *, piece_seconds: float = LONG_AUDIO_PIECE_SECONDS, batch_size: int = 8,
+                        max_seconds: float | None = None, allow_truncated: bool = False, progress=None,
+                        **kw) -> str:
+        """Transcribe audio of any length: it is read as a stream and cut at silences into pieces of at most
+        ``piece_seconds`` (:func:`mimo_audio.audio.iter_pieces`), transcribed ``batch_size`` pieces at a time, and
+        the texts joined. Memory stays bounded by a few pieces and one batch, however long the recording.
+        ``max_seconds`` (None: no limit) caps the input's duration; ``progress(done_seconds, total_seconds)`` is
+        called after each batch."""
+        from .audio import iter_pieces
+        from .output import join_transcript
+
+        if not is_int(batch_size) or batch_size < 1:
+            raise PromptError(f"batch_size must be a positive integer, got {batch_size!r}")
+        rate = kw.pop("sample_rate", None)
+        total = self._seconds(audio, rate)
+        text, batch, done = "", [], 0.0
+
+        def flush():
+            nonlocal text, done
+            reqs = [self.prepare("transcribe", audio=(piece, self.sample_rate), **kw) for piece in batch]
+            for r in self.run(reqs):
+                text = join_transcript(text, r.text or "")
+            done += sum(p.size for p in batch) / self.sample_rate
+            batch.clear()
+            if progress is not None:
+                progress(done, max(total, done))
+
+        for _, piece in iter_pieces(audio, rate, piece_seconds=piece_seconds, target_rate=self.sample_rate,
+                                    max_seconds=max_seconds, allow_truncated=allow_truncated):
+            batch.append(piece)
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+        return text
+
+    def _check_fits_context(self, seconds: list[float]) -> None:
+        """Refuse audio longer than the model's context before encoding it, saying so in seconds."""
+        per_second = self.frames_per_second / self.lm.config.group_size  # LM positions per second of audio
+        fits = self.max_positions / per_second
+        total = sum(seconds)
+        if total * per_second > self.max_positions:
+            raise PromptError(
+                f"the audio is {total:.0f} s long, but the model's context holds at most about {fits:.0f} s of "
+                f"audio ({self.max_positions} positions of {1 / per_second:.2f} s, prompt included); understand "
+                "does not split audio: cut it into shorter clips and ask about each, or transcribe it first "
+                "(transcribe splits long audio) and ask about the text")
+
+    def _seconds(self, audio, sample_rate=None) -> float:
+        """The duration of one audio argument from its header or shape (0.0 when it cannot be told: the normal
+        path then names the problem)."""
+        from .audio import probe_audio
+
+        try:
+            if isinstance(audio, (str, os.PathLike, bytes, bytearray, memoryview)):
+                frames, _, rate = probe_audio(audio)
+                return frames / rate if rate > 0 else 0.0
+            if isinstance(audio, tuple) and len(audio) == 2 and not isinstance(audio[1], (list, torch.Tensor)):
+                samples, rate = audio
+                return max(getattr(samples, "shape", (len(samples),))) / float(rate)
+            if sample_rate:
+                return max(getattr(audio, "shape", (len(audio),))) / float(sample_rate)
+        except (AudioInputError, TypeError, ValueError, ZeroDivisionError):
+            pass
+        return 0.0
 
     def stream_transcribe(self, audio, **kw) -> Iterator[Piece]:
         reqs, _ = self._transcribe_requests(audio, kw)

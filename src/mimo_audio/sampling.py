@@ -18,7 +18,12 @@ NEG_INF = float("-inf")
 @dataclass(frozen=True)
 class SamplingParams:
     """One sampler's settings. ``top_k`` None/0 and ``top_p`` None mean no filter; ``do_sample=False`` is argmax
-    (after the same filters and bans)."""
+    (after the same filters and bans). ``temperature=0`` means greedy (the OpenAI convention): it is stored as
+    ``do_sample=False`` with temperature 1, the same sampler as :data:`GREEDY` with these filters.
+
+    >>> SamplingParams(temperature=0, top_k=5)
+    SamplingParams(do_sample=False, temperature=1.0, top_k=5, top_p=None)
+    """
 
     do_sample: bool = True
     temperature: float = 1.0
@@ -26,8 +31,11 @@ class SamplingParams:
     top_p: float | None = None
 
     def __post_init__(self):
+        if self.temperature == 0:  # greedy; argmax does not depend on a temperature
+            object.__setattr__(self, "do_sample", False)
+            object.__setattr__(self, "temperature", 1.0)
         if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise ValueError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
         if self.top_k is not None and self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 or None, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:

@@ -67,6 +67,10 @@ def create_app(backend, settings: ServerSettings | None = None) -> FastAPI:
             raise APIError(503, "Not ready", code="not_ready", headers={"Retry-After": str(settings.retry_after_s)})
         return {"status": "ready", "model": settings.model_name}
 
+    # HEAD answers like GET (no body), for load balancers and uptime checks; kept out of the schema
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
+    app.add_api_route("/ready", ready, methods=["HEAD"], include_in_schema=False)
+
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics_route():
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -101,8 +105,10 @@ def create_app(backend, settings: ServerSettings | None = None) -> FastAPI:
     async def favicon():
         return Response(status_code=204)
 
+    _add_body_schemas(app)
+
     # Middleware: the last added runs first. Order of a request: access log -> CORS -> auth -> body cap -> app.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, body_timeout_s=settings.body_timeout_s)
     if settings.api_key:
         app.add_middleware(AuthMiddleware, api_key=settings.api_key)
     if settings.cors_origins:
@@ -113,6 +119,25 @@ def create_app(backend, settings: ServerSettings | None = None) -> FastAPI:
                            allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     return app
+
+
+def _add_body_schemas(app: FastAPI) -> None:
+    """The chat and speech routes parse their bodies themselves (off the event loop); their models' nested schemas
+    are added to the OpenAPI document's components, where the routes' request bodies refer to them."""
+    from .schemas import ChatRequest, SpeechRequest
+
+    generate = app.openapi
+
+    def openapi():
+        if app.openapi_schema is None:
+            schema = generate()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (ChatRequest, SpeechRequest):
+                defs = model.model_json_schema(ref_template="#/components/schemas/{model}").get("$defs", {})
+                components.update(defs)
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _version() -> str:

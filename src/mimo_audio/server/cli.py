@@ -52,11 +52,34 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
                    help="request body limit in MB (default: %(default)g)")
     g.add_argument("--max-audio-seconds", type=float, default=d.max_audio_seconds,
                    help="decoded audio per request, in seconds (default: %(default)g)")
+    g.add_argument("--decode-budget-mb", type=float, default=d.decode_budget_bytes / MiB,
+                   help="memory all audio decodes in progress may hold, reserved from each upload's header before "
+                        "decoding (default: %(default)g)")
+    g.add_argument("--max-concurrent-decodes", type=int, default=d.max_concurrent_decodes,
+                   help="audio decodes running at once (default: %(default)s)")
+    g.add_argument("--decode-wait", type=float, default=d.decode_wait_s,
+                   help="seconds an upload may wait for decode budget before 503 with Retry-After (default: "
+                        "%(default)g)")
     g.add_argument("--max-text-chars", type=int, default=d.max_text_chars,
                    help="characters per text input (default: %(default)s)")
     g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
                    help="cap (and default) on generated groups per request; 1 group = 0.16 s of speech "
                         "(default: %(default)s)")
+    g = p.add_argument_group("connections and slow clients")
+    g.add_argument("--header-timeout", type=float, default=d.header_timeout_s,
+                   help="seconds a request may take from its first byte to the end of its headers; then 408 and "
+                        "the connection is closed (default: %(default)g)")
+    g.add_argument("--body-timeout", type=float, default=d.body_timeout_s,
+                   help="seconds the request body may take to arrive after the headers; then 408 (default: "
+                        "%(default)g)")
+    g.add_argument("--keep-alive", type=float, default=d.keep_alive_s,
+                   help="seconds an idle kept-alive connection stays open (default: %(default)g)")
+    g.add_argument("--max-header-kb", type=int, default=d.max_header_bytes // 1024,
+                   help="request line and headers in KB; more is a 400 (default: %(default)s)")
+    g.add_argument("--max-connections", type=int, default=d.max_connections,
+                   help="open connections; a request arriving beyond it gets 503 (default: %(default)s)")
+    g.add_argument("--shutdown-grace", type=float, default=d.shutdown_grace_s,
+                   help="on SIGTERM, seconds running requests may still take to finish (default: %(default)g)")
     p.set_defaults(func=run_serve)
     return p
 
@@ -73,7 +96,16 @@ def settings_from_args(args) -> ServerSettings:
         max_upload_bytes=int(args.max_upload_mb * MiB),
         max_audio_seconds=args.max_audio_seconds,
         max_text_chars=args.max_text_chars,
+        decode_budget_bytes=int(args.decode_budget_mb * MiB),
+        max_concurrent_decodes=args.max_concurrent_decodes,
+        decode_wait_s=args.decode_wait,
         max_new_tokens=args.max_new_tokens,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        keep_alive_s=args.keep_alive,
+        max_header_bytes=args.max_header_kb * 1024,
+        max_connections=args.max_connections,
+        shutdown_grace_s=args.shutdown_grace,
         serve_page=not args.no_page,
         warmup=not args.no_warmup,
     )
@@ -89,6 +121,7 @@ def run_serve(args) -> int:
               "pip install 'mimo-audio[serve]'", file=sys.stderr)
         return 1
     from ..errors import MimoAudioError
+    from .protocol import DrainingServer, uvicorn_options
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -109,6 +142,7 @@ def run_serve(args) -> int:
         return 1
     app = create_app(mimo, settings)
     # uvicorn's own access log is replaced by ours (method, path, status, duration).
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                timeout_graceful_shutdown=10)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                            **uvicorn_options(settings))
+    DrainingServer(config, app.state.service, settings.shutdown_grace_s).run()
     return 0

@@ -33,10 +33,15 @@ _TYPES = {
 }
 
 
+def _text(value: str | None) -> str | None:
+    """A string safe to encode as UTF-8 JSON: lone surrogates from a client's input become ``\\udXXX``."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(value, str) else value
+
+
 def error_body(status: int, message: str, *, type: str | None = None, param: str | None = None,
                code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type or _TYPES.get(status, "server_error"),
-                      "param": param, "code": code}}
+    return {"error": {"message": _text(message), "type": type or _TYPES.get(status, "server_error"),
+                      "param": _text(param), "code": _text(code)}}
 
 
 def error_response(status: int, message: str, *, type: str | None = None, param: str | None = None,
@@ -81,6 +86,13 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, param=param, code=code)
 
 
+MAX_ECHO = 200  # characters of a client's path (or other string) repeated in an error message
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_ECHO else text[:MAX_ECHO] + f"... ({len(text)} characters)"
+
+
 def _loc_to_param(loc) -> str | None:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
     return ".".join(parts) or None
@@ -101,9 +113,10 @@ def install_handlers(app: FastAPI) -> None:
         status = exc.status_code
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if status == 404:
-            message = f"Unknown route {request.method} {request.url.path}; see GET /v1/models and docs/server.md"
+            message = f"Unknown route {request.method} {_short(request.url.path)}; see GET /v1/models and " \
+                      "docs/server.md"
         elif status == 405:
-            message = f"Method {request.method} is not allowed on {request.url.path}"
+            message = f"Method {request.method} is not allowed on {_short(request.url.path)}"
         return error_response(status, message, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
@@ -113,6 +126,9 @@ def install_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {}
         param = _loc_to_param(first.get("loc", ()))
         kind = first.get("type", "")
+        if kind == "lone_surrogate":
+            param = (first.get("ctx") or {}).get("param")
+            return error_response(400, first.get("msg", "invalid text"), param=param, code="invalid_unicode")
         if kind == "json_invalid":
             message = "The request body is not valid JSON"
         elif kind == "missing":

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..audio import split_at_silences  # noqa: F401  (shared with the library's long-audio transcription)
 from .errors import APIError, bad_request
 
 MAX_CHANNELS = 8
@@ -49,6 +50,12 @@ class DecodedAudio:
 
     def as_pair(self) -> tuple[np.ndarray, int]:
         return self.samples, self.sample_rate
+
+
+def is_data_url(value: str) -> bool:
+    """Whether ``value`` is a ``data:`` URL: the scheme is case-insensitive (RFC 3986), leading blanks ignored,
+    the same rule :func:`decode_base64_audio` applies."""
+    return value.lstrip()[:5].lower() == "data:"
 
 
 def decode_base64_audio(value: str, param: str) -> bytes:
@@ -98,6 +105,80 @@ def decode_audio(data: bytes, limits: AudioLimits, param: str = "file") -> Decod
     return DecodedAudio(np.clip(samples, -1.0, 1.0), SAMPLE_RATE)
 
 
+INPUT_FORMATS = ("wav", "flac", "mp3", "ogg")
+
+
+def sniff_container(data: bytes) -> str | None:
+    """The container of audio file bytes from their magic number: wav, flac, ogg, mp3, else None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE" or data[:4] in (b"RF64", b"BW64"):
+        return "wav"
+    if data[:4] == b"fLaC":
+        return "flac"
+    if data[:4] == b"OggS":
+        return "ogg"
+    if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
+        return "mp3"
+    return None
+
+
+def check_input_format(declared, data: bytes, param: str) -> None:
+    """``input_audio.format`` against the bytes: it must name a readable format, and not another container than
+    the one the bytes hold (the bytes decide how they are decoded; a wrong label is refused, not ignored)."""
+    if declared is None:
+        return
+    if not isinstance(declared, str) or declared.lower() not in INPUT_FORMATS:
+        raise bad_request(f"'{param}' must be one of {', '.join(INPUT_FORMATS)}, got {str(declared)[:20]!r}",
+                          param, code="unsupported_format")
+    found = sniff_container(data)
+    if found is not None and found != declared.lower():
+        raise bad_request(f"'{param}' says {declared.lower()} but the audio data is a {found} file; send the "
+                          "matching format (or leave it out)", param, code="format_mismatch")
+
+
+@dataclass(frozen=True)
+class AudioHeader:
+    """What an upload's header declares, read before any decoding."""
+
+    frames: int
+    channels: int
+    sample_rate: int
+    cost: int  # bytes the decode will hold at its peak (audio.decode_cost)
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate > 0 else 0.0
+
+
+def probe_header(data: bytes, limits: AudioLimits, param: str = "file") -> AudioHeader:
+    """The header of upload ``data`` checked against the limits before decoding (the same checks the decoder
+    repeats while reading): unreadable, too many channels, too long or too large to decode are 4xx here."""
+    from ..audio import check_rate, decode_cost, probe_audio
+    from ..errors import AudioInputError
+
+    if not data:
+        raise bad_request(f"'{param}' is empty; send an audio file (wav, flac, ogg, mp3)", param, code="empty_audio")
+    try:
+        frames, channels, rate = probe_audio(data)
+        rate = check_rate(rate, "audio bytes")
+    except AudioInputError as exc:
+        raise bad_request(_named(exc, param), param, code="invalid_audio") from None
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise bad_request(f"'{param}' has {channels} channels; at most {MAX_CHANNELS} are supported", param,
+                          code="invalid_audio")
+    header = AudioHeader(max(frames, 0), channels, rate, decode_cost(max(frames, 0), channels, rate, SAMPLE_RATE))
+    if header.seconds > limits.max_seconds:
+        raise APIError(413, f"'{param}' holds {header.seconds:.1f} s of audio; the limit is {limits.max_seconds:g} s",
+                       param=param, code="audio_too_long")
+    if frames * channels * 4 > limits.max_decoded_bytes:
+        raise APIError(413, f"'{param}' decodes to {frames * channels * 4 / MiB_:.0f} MB of samples; the limit is "
+                       f"{limits.max_decoded_bytes / MiB_:.0f} MB (send less, mono or lower-rate audio)", param=param,
+                       code="audio_too_large")
+    return header
+
+
+MiB_ = 1024 * 1024
+
+
 def _named(exc: Exception, param: str) -> str:
     """The library's message with the request field named instead of "audio bytes"."""
     return str(exc).replace("audio bytes", f"'{param}'", 1)
@@ -114,6 +195,21 @@ def check_output_format(fmt: str | None, param: str = "response_format", *, stre
         raise bad_request(f"{param} 'flac' cannot be streamed; stream wav or pcm, or turn streaming off", param,
                           code="unsupported_format")
     return "pcm" if fmt == "pcm16" else fmt
+
+
+class NoAudio(APIError):
+    """The generation ended without producing any audio (the model emitted end-of-speech at once)."""
+
+    def __init__(self):
+        super().__init__(422, "The model produced no audio for this input (it ended before any speech); retry "
+                         "with another seed, or rephrase or lengthen the text", code="no_audio")
+
+
+def require_audio(audio) -> np.ndarray:
+    """A reply's waveform as a numpy array; NoAudio (422) when it is missing or holds no samples."""
+    if audio is None or len(audio) == 0:
+        raise NoAudio()
+    return audio
 
 
 def _clean(wav) -> np.ndarray:
@@ -157,42 +253,6 @@ class PCMStream:
         data = self._header + (to_int16(samples) if samples is not None else b"")
         self._header = b""
         return data
-
-
-def split_at_silences(samples: np.ndarray, sample_rate: int, max_seconds: float = 30.0) -> list[tuple[int, int]]:
-    """Cut audio into consecutive pieces of at most ``max_seconds``, each cut at the quietest point.
-
-    Returns (start, end) sample indices covering the whole input without gaps. A cut is placed at the centre of
-    the latest of the quietest 100 ms windows (within 5% of the minimum energy) in the second half of the
-    allowed span (so no piece is needlessly short);
-    audio no longer than ``max_seconds`` is one piece. The timings are real positions in the input, which is why
-    transcription segments built from them are honest (MiMo itself produces no timestamps).
-    """
-    n = len(samples)
-    max_len = max(1, int(max_seconds * sample_rate))
-    if n <= max_len:
-        return [(0, n)]
-    hop = max(1, sample_rate // 100)  # 10 ms
-    frames = n // hop
-    energy = np.square(samples[: frames * hop].astype(np.float64)).reshape(frames, hop).mean(axis=1)
-    width = 10  # 100 ms smoothing
-    smooth = np.convolve(energy, np.ones(width) / width, mode="same")
-    pieces, start = [], 0
-    while n - start > max_len:
-        lo, hi = (start + max_len // 2) // hop, (start + max_len) // hop
-        hi = min(hi, frames)
-        if hi <= lo:
-            cut = start + max_len
-        else:
-            window = smooth[lo:hi]
-            low, high = float(window.min()), float(window.max())
-            quiet = np.flatnonzero(window <= low + 0.05 * (high - low))  # near-silent frames; take the latest
-            cut = (lo + int(quiet[-1])) * hop + hop // 2
-            cut = min(max(cut, start + 1), start + max_len)
-        pieces.append((start, cut))
-        start = cut
-    pieces.append((start, n))
-    return pieces
 
 
 def _timestamp(seconds: float, sep: str) -> str:

@@ -7,6 +7,7 @@ every route, so JSON bodies carrying base64 audio are capped like multipart uplo
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -38,6 +39,12 @@ class BodyTooLarge(APIError):
                          "smaller audio (or raise --max-upload-mb)", code="request_too_large")
 
 
+class BodyTimeout(APIError):
+    def __init__(self, limit: float):
+        super().__init__(408, f"The request body did not arrive within {limit:g} s; send it promptly (or raise "
+                         "--body-timeout)", code="body_timeout", headers={"Connection": "close"})
+
+
 class _WatchedSend:
     """Wraps ASGI ``send``; ``status`` is the response's status once it has started (None before)."""
 
@@ -51,8 +58,11 @@ class _WatchedSend:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    """Caps the body's size and the time it may take to arrive (``body_timeout_s`` from the end of the headers
+    to its last byte; a client that drips it is answered 408 and the connection closed)."""
+
+    def __init__(self, app, max_bytes: int, body_timeout_s: float = 60.0):
+        self.app, self.max_bytes, self.body_timeout_s = app, max_bytes, body_timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -66,20 +76,31 @@ class BodyLimitMiddleware:
             if length > self.max_bytes:
                 return await BodyTooLarge(self.max_bytes).response()(scope, receive, send)
         seen = 0
+        body_done = False
+        deadline = time.monotonic() + self.body_timeout_s
 
         async def limited_receive():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            if body_done:  # later calls wait for the disconnect: no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                log.warning("request body not complete after %g s: 408", self.body_timeout_s)
+                raise BodyTimeout(self.body_timeout_s) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     raise BodyTooLarge(self.max_bytes)
+                body_done = not message.get("more_body", False)
+            else:
+                body_done = True
             return message
 
         watched = _WatchedSend(send)
         try:
             await self.app(scope, limited_receive, watched)
-        except BodyTooLarge as exc:  # raised outside a route's error handling (e.g. by a streaming reader)
+        except (BodyTooLarge, BodyTimeout) as exc:  # raised outside a route's error handling (e.g. a stream reader)
             if watched.status is None:
                 await exc.response()(scope, receive, send)
 

@@ -14,14 +14,16 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from .errors import APIError, ClientGone, bad_request, stream_error
 from .media import (
     OUTPUT_FORMATS,
+    NoAudio,
     PCMStream,
     check_output_format,
     encode_audio,
+    require_audio,
     split_at_silences,
     to_srt,
     to_vtt,
 )
-from .schemas import SpeechRequest
+from .schemas import SpeechRequest, body_openapi, find_surrogate, surrogate_error
 from .service import JobStream, Service, cancel_jobs, tensor_to_numpy
 from .sse import PING, SSE_HEADERS, event
 
@@ -34,9 +36,11 @@ def _service(request: Request) -> Service:
 
 
 # ==================================================================================== speech
-@router.post("/v1/audio/speech", summary="Text to speech (OpenAI-compatible)")
-async def create_speech(body: SpeechRequest, request: Request):
+@router.post("/v1/audio/speech", summary="Text to speech (OpenAI-compatible)",
+             openapi_extra=body_openapi(SpeechRequest))
+async def create_speech(request: Request):
     svc = _service(request)
+    body: SpeechRequest = await svc.parse(request, SpeechRequest)
     svc.check_model(body.model)
     svc.check_text(body.input, "input", required=True)
     svc.check_text(body.instructions, "instructions")
@@ -66,24 +70,27 @@ async def create_speech(body: SpeechRequest, request: Request):
 
     if not streaming:
         reply = await svc.result(job, request)
-        audio = tensor_to_numpy(reply.audio)
-        if audio is None:
-            raise APIError(500, "The model produced no audio", type="server_error", code="no_audio")
+        audio = require_audio(tensor_to_numpy(reply.audio))
         data = encode_audio(audio, int(getattr(reply, "sample_rate", rate)), fmt)
         return Response(data, media_type=media_type, headers={"X-Generated-Text": _header_text(reply.text)})
 
     async def chunks():
         out = PCMStream(fmt, rate)
+        samples = 0
         try:
             async for piece in svc.pieces(job, request, ping=svc.settings.sse_ping_s if sse else None):
                 if piece is None:
                     if sse:
                         yield PING
                     continue
-                data = out.encode(tensor_to_numpy(piece.audio))
+                audio = tensor_to_numpy(piece.audio)
+                samples += 0 if audio is None else len(audio)
+                data = out.encode(audio)
                 if data:
                     yield event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}) \
                         if sse else data
+                if piece.done and not samples:  # a stream has started: the error is an event (sse) or a log line
+                    raise NoAudio()
                 if piece.done and sse:
                     reply = piece.reply
                     usage = _usage(reply)
@@ -117,22 +124,8 @@ def _header_text(text: str) -> str:
 TRANSCRIPT_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 
 
-def _join(a: str, b: str) -> str:
-    a, b = a.strip(), b.strip()
-    if not a or not b:
-        return a or b
-    return a + _sep(a, b) + b
-
-
-def _sep(a: str, b: str) -> str:
-    """The separator to put between two transcript pieces: nothing for CJK or existing spaces, else a space."""
-    if not a or not b or a[-1].isspace() or b[0].isspace() or _cjk(a[-1]) or _cjk(b[0]):
-        return ""
-    return " "
-
-
-def _cjk(ch: str) -> bool:
-    return "\u3000" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" or "\uff00" <= ch <= "\uffef"
+from ..output import join_transcript as _join  # noqa: E402  (shared with the library's long-audio transcribe)
+from ..output import transcript_separator as _sep  # noqa: E402
 
 
 def _segments(bounds, texts, rate: int, temperature) -> list[dict]:
@@ -157,7 +150,17 @@ async def create_transcription(
     timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
 ):
     svc = _service(request)
+    fields = {"model": model, "language": language, "prompt": prompt, "response_format": response_format,
+              "timestamp_granularities[]": timestamp_granularities}
+    where = find_surrogate({k: v for k, v in fields.items() if v is not None})
+    if where is not None:
+        raise bad_request(surrogate_error(where), where, code="invalid_unicode")
     svc.check_model(model)
+    form = await request.form()  # already parsed for the parameters above: this reads the cached form
+    uploads = [k for k, v in form.multi_items() if not isinstance(v, str)]
+    if len(uploads) > 1:
+        raise bad_request(f"The form holds {len(uploads)} files ({', '.join(sorted(set(uploads)))[:100]}); send "
+                          "exactly one audio file, as 'file'", "file", code="too_many_files")
     fmt = (response_format or "json").lower()
     if fmt not in TRANSCRIPT_FORMATS:
         raise bad_request(f"Unknown response_format '{response_format}'; use one of {', '.join(TRANSCRIPT_FORMATS)}",

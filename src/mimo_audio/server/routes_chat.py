@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 
 from ..output import split_thinking
 from .errors import APIError, ClientGone, bad_request, stream_error
-from .media import PCMStream, check_output_format, encode_audio
-from .schemas import ChatRequest
+from .media import PCMStream, check_output_format, encode_audio, is_data_url, require_audio
+from .schemas import ChatRequest, body_openapi
 from .service import JobStream, Service, tensor_to_numpy
 from .sse import DONE, PING, SSE_HEADERS, event
 
@@ -66,6 +66,7 @@ async def _convert_messages(svc: Service, body: ChatRequest) -> tuple[list[dict]
         raise bad_request(f"'messages' has {len(body.messages)} entries; the limit is {s.max_messages}", "messages")
     out: list[dict] = []
     decoded = []
+    pending: list[tuple[dict, tuple]] = []
     total_chars = 0
     for i, msg in enumerate(body.messages):
         role = msg.role
@@ -101,12 +102,16 @@ async def _convert_messages(svc: Service, body: ChatRequest) -> tuple[list[dict]
                     field = f"{kind}.{key}"  # input_audio.data or audio_url.url
                     spec = part.get(kind)
                     data = spec.get(key) if isinstance(spec, dict) else None
-                    if kind == "audio_url" and isinstance(data, str) and not data.startswith("data:"):
+                    if kind == "audio_url" and isinstance(data, str) and not is_data_url(data):
                         raise bad_request(f"{param}: only data: URLs are accepted in audio_url (this server "
                                           "never fetches URLs or opens paths)", param, code="url_not_allowed")
                     if not isinstance(data, str):
                         raise bad_request(f"{param}: missing audio data ({field})", param)
-                    audio = await svc.decode_b64(data, f"{param}.{field}")
+                    declared = spec.get("format") if kind == "input_audio" else None
+                    where = f"{param}.{field}"
+                    raw = svc.b64_bytes(data, where, declared_format=declared,
+                                        format_param=f"{param}.input_audio.format")
+                    audio = (raw, where, await svc.probe(raw, where))  # decoded below, once all are admitted
                     decoded.append(audio)
                 else:
                     raise bad_request(f"{param}: content part type '{str(kind)[:40]}' is not supported; use text, "
@@ -120,7 +125,7 @@ async def _convert_messages(svc: Service, body: ChatRequest) -> tuple[list[dict]
         if text:
             entry["text"] = text
         if audio is not None:
-            entry["audio"] = audio.as_pair()
+            pending.append((entry, audio))
         if role == "assistant" and isinstance(msg.audio, dict) and isinstance(msg.audio.get("id"), str):
             stored = svc.audio_store.get(msg.audio["id"])
             if stored is not None:
@@ -134,12 +139,25 @@ async def _convert_messages(svc: Service, body: ChatRequest) -> tuple[list[dict]
     if total_chars > s.max_chat_text_chars:
         raise bad_request(f"The conversation holds {total_chars} characters of text; the limit is "
                           f"{s.max_chat_text_chars}", "messages", code="string_above_max_length")
+    # every part's header is read before any is decoded: a request whose audio is over the limit in all is
+    # refused without decoding a single part
+    total = sum(header.seconds for _, (_, _, header) in pending)
+    if total > s.max_audio_seconds:
+        raise APIError(413, f"The request holds {total:.1f} s of audio in all (from the parts' headers); the limit "
+                       f"is {s.max_audio_seconds:.0f} s", code="audio_too_long")
+    decoded = []
+    for entry, (raw, where, header) in pending:
+        audio = await svc.decode(raw, where, header)
+        entry["audio"] = audio.as_pair()
+        decoded.append(audio)
     return out, decoded
 
 
-@router.post("/v1/chat/completions", summary="Chat with text and audio (OpenAI-compatible)")
-async def create_chat_completion(body: ChatRequest, request: Request):
+@router.post("/v1/chat/completions", summary="Chat with text and audio (OpenAI-compatible)",
+             openapi_extra=body_openapi(ChatRequest))
+async def create_chat_completion(request: Request):
     svc: Service = request.app.state.service
+    body: ChatRequest = await svc.parse(request, ChatRequest)
     svc.check_model(body.model)
     if body.n not in (None, 1):
         raise bad_request("Only n=1 is supported", "n")
@@ -183,9 +201,7 @@ async def create_chat_completion(body: ChatRequest, request: Request):
         if thinking:
             message["reasoning_content"] = thinking
         if want_audio:
-            audio = tensor_to_numpy(reply.audio)
-            if audio is None:
-                raise APIError(500, "The model produced no audio", type="server_error", code="no_audio")
+            audio = require_audio(tensor_to_numpy(reply.audio))
             rate = int(getattr(reply, "sample_rate", svc.sample_rate))
             audio_id, expires = svc.audio_store.put(reply.audio, rate, getattr(reply, "codes", None), reply.answer)
             message["audio"] = {"id": audio_id, "data": base64.b64encode(encode_audio(audio, rate, fmt)).decode(),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import logging
 import math
@@ -24,7 +25,15 @@ from starlette.responses import StreamingResponse
 from ..errors import MimoAudioError
 from .batcher import Batcher, Job, JobTimeout
 from .errors import APIError, ClientGone, bad_request
-from .media import AudioLimits, DecodedAudio, decode_audio, decode_base64_audio
+from .media import (
+    AudioHeader,
+    AudioLimits,
+    DecodedAudio,
+    check_input_format,
+    decode_audio,
+    decode_base64_audio,
+    probe_header,
+)
 from .metrics import Registry
 from .settings import ServerSettings
 
@@ -106,6 +115,64 @@ class AudioStore:
             return item
 
 
+class DecodeGate:
+    """Admission for audio decoding: each decode reserves its peak memory (from the upload's header, before any
+    decoding) against a server-wide budget, and at most ``slots`` run at once. A decode that cannot start within
+    ``wait_s`` is refused with 503 and Retry-After, so a burst of uploads queues briefly instead of decoding all
+    at once."""
+
+    def __init__(self, budget: int, slots: int, wait_s: float, retry_after_s: int):
+        self.budget, self.slots, self.wait_s, self.retry_after_s = budget, slots, wait_s, retry_after_s
+        self.used = self.running = 0
+        self._cond: asyncio.Condition | None = None
+
+    @contextlib.asynccontextmanager
+    async def hold(self, cost: int, param: str):
+        if cost > self.budget:
+            raise APIError(413, f"'{param}' needs {cost / 2**20:.0f} MB to decode; this server decodes at most "
+                           f"{self.budget / 2**20:.0f} MB at a time (send shorter, mono or lower-rate audio)",
+                           param=param, code="audio_too_large")
+        if self._cond is None:
+            self._cond = asyncio.Condition()
+        cond = self._cond
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        async with cond:
+            while not (self.running < self.slots and self.used + cost <= self.budget):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise APIError(503, "The server is busy decoding other uploads; retry shortly", param=param,
+                                   code="decode_busy", headers={"Retry-After": str(self.retry_after_s)})
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(cond.wait(), remaining)
+            self.running += 1
+            self.used += cost
+        try:
+            yield
+        finally:
+            async with cond:
+                self.running -= 1
+                self.used -= cost
+                cond.notify_all()
+
+
+class ShuttingDown(APIError):
+    def __init__(self, retry_after_s: int, started: bool = False):
+        message = ("The server shut down before this request finished; retry it" if started else
+                   "The server is shutting down and accepts no new work; retry shortly (another instance may take it)")
+        super().__init__(503, message, code="shutting_down", headers={"Retry-After": str(retry_after_s)})
+
+
+def _trim_heap() -> None:
+    """Hand freed heap memory back to the system after a large decode (glibc keeps it otherwise)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class Service:
     def __init__(self, backend, settings: ServerSettings, metrics: Registry | None = None):
         self.backend, self.settings = backend, settings
@@ -114,9 +181,13 @@ class Service:
                                queue_size=settings.queue_size, retry_after_s=settings.retry_after_s,
                                metrics=self.metrics)
         self.limits = AudioLimits(settings.max_audio_seconds, settings.max_decoded_bytes)
+        self.decode_gate = DecodeGate(settings.decode_budget_bytes, settings.max_concurrent_decodes,
+                                      settings.decode_wait_s, settings.retry_after_s)
         self.audio_store = AudioStore(settings.audio_store_size, settings.audio_store_ttl_s)
         self.sample_rate = int(getattr(backend, "sample_rate", 24000))
         self.ready = False
+        self.draining = False
+        self._jobs: set[Job] = set()
         self._prep_limiter: anyio.CapacityLimiter | None = None
 
     # ---------------------------------------------------------------- lifecycle
@@ -142,6 +213,27 @@ class Service:
     def stop(self) -> None:
         self.ready = False
         self.batcher.stop()
+
+    async def drain(self, grace_s: float) -> None:
+        """Graceful shutdown, step one (SIGTERM): admit nothing new (503 with Retry-After; /ready 503), let the
+        running jobs finish for up to ``grace_s`` seconds, then cancel the rest, whose requests are answered 503
+        ``shutting_down``. Returns once every job has ended (or 2 s after the cancellation)."""
+        self.draining, self.ready = True, False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        log.info("shutting down: no new requests; %d running may finish within %g s",
+                 sum(not j.finished for j in self._jobs), grace_s)
+        while loop.time() < deadline and any(not j.finished for j in self._jobs):
+            await asyncio.sleep(0.05)
+        left = [j for j in self._jobs if not j.finished]
+        if left:
+            log.warning("shutting down: %d request(s) still running after %g s are cancelled (503)", len(left),
+                        grace_s)
+            for job in left:
+                job.cancel("shutdown")
+            end = loop.time() + 2.0
+            while loop.time() < end and any(not j.finished for j in left):
+                await asyncio.sleep(0.05)
 
     # ---------------------------------------------------------------- checks
     def check_model(self, model: str) -> None:
@@ -172,18 +264,44 @@ class Service:
             value = getattr(body, name, None)
             if value is not None:
                 kw[name] = value
-        if kw.get("temperature") == 0:  # OpenAI's "temperature 0" = deterministic: greedy decoding
-            del kw["temperature"]
-            kw["greedy"] = True
-        return kw
+        return kw  # temperature 0 = greedy text decoding, as everywhere (sampling.SamplingParams)
 
-    async def decode(self, data: bytes, param: str) -> DecodedAudio:
-        audio = await anyio.to_thread.run_sync(functools.partial(decode_audio, data, self.limits, param))
+    async def parse(self, request, model_cls):
+        """The request's JSON body as ``model_cls``, bounded and parsed off the event loop: its structure is
+        counted first (a body of 700k messages is refused at once), then parsing and validation run in a worker
+        thread, so no body blocks other requests (``/health`` included)."""
+        from .schemas import check_json_size, json_token_bound, parse_body
+
+        raw = await request.body()
+        check_json_size(raw, json_token_bound(self.settings))
+        return await anyio.to_thread.run_sync(parse_body, model_cls, raw)
+
+    async def probe(self, data: bytes, param: str) -> AudioHeader:
+        """The upload's header, checked against the limits (no decoding)."""
+        return await anyio.to_thread.run_sync(functools.partial(probe_header, data, self.limits, param))
+
+    async def decode(self, data: bytes, param: str, header: AudioHeader | None = None) -> DecodedAudio:
+        """Decode an upload once the decode gate admits its header's cost (see DecodeGate)."""
+        if header is None:
+            header = await self.probe(data, param)
+        async with self.decode_gate.hold(header.cost, param):
+            try:
+                audio = await anyio.to_thread.run_sync(functools.partial(decode_audio, data, self.limits, param))
+            finally:
+                if header.cost > 32 * 2**20:
+                    _trim_heap()
         self.metrics.audio_in.inc(audio.seconds)
         return audio
 
-    async def decode_b64(self, value: str, param: str) -> DecodedAudio:
-        return await self.decode(decode_base64_audio(value, param), param)
+    def b64_bytes(self, value: str, param: str, *, declared_format=None, format_param: str = "format") -> bytes:
+        data = decode_base64_audio(value, param)
+        check_input_format(declared_format, data, format_param)
+        return data
+
+    async def decode_b64(self, value: str, param: str, *, declared_format=None,
+                         format_param: str = "format") -> DecodedAudio:
+        return await self.decode(self.b64_bytes(value, param, declared_format=declared_format,
+                                                format_param=format_param), param)
 
     def check_total_audio(self, audios: list[DecodedAudio]) -> None:
         total = sum(a.seconds for a in audios)
@@ -206,6 +324,8 @@ class Service:
 
     async def start_jobs(self, task: str, kwargs_list: list[dict]) -> list[Job]:
         """Admit one request (one queue slot, 429 when full), prepare its rows and queue them."""
+        if self.draining:
+            raise ShuttingDown(self.settings.retry_after_s)
         if not self.ready:
             raise APIError(503, "The server is not ready (loading or shutting down); retry shortly",
                            code="not_ready", headers={"Retry-After": str(self.settings.retry_after_s)})
@@ -221,6 +341,7 @@ class Service:
             if i > 0:  # one request holds one slot; its extra rows (transcription chunks) ride along
                 self.batcher.reserve_extra()
             jobs.append(self.batcher.submit(req, timeout_s=self.settings.timeout_s, task=task, t_admit=t0))
+        self._jobs = {j for j in self._jobs if not j.finished} | set(jobs)
         return jobs
 
     async def pieces(self, job: Job, request=None, *, ping: float | None = None) -> AsyncIterator[Any]:
@@ -252,6 +373,8 @@ class Service:
                     continue
                 if piece is None:
                     if job.cancelled:
+                        if job.cancel_reason == "shutdown":
+                            raise ShuttingDown(self.settings.retry_after_s, started=True)
                         raise ClientGone()
                     return
                 last_ping = time.monotonic()
