@@ -22,8 +22,8 @@ LONG_AUDIO_SECONDS = 30.0  # show a progress bar above this (and only when stder
 
 
 def add_model_args(p: argparse.ArgumentParser, default_model: str | None = None) -> None:
-    """The checkpoint options every command shares: ``--model`` (LM commands only), ``--tokenizer``,
-    ``--device``, ``--dtype``."""
+    """The checkpoint options every command shares: ``--model`` and ``--quantize`` (LM commands only),
+    ``--tokenizer``, ``--device``, ``--dtype``."""
     from .checkpoint import TOKENIZER_ID
 
     g = p.add_argument_group("model")
@@ -34,6 +34,10 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str | None = None)
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     dtype_default = "float32" if default_model is None else "the LM checkpoint's; the audio tokenizer float32"
     g.add_argument("--dtype", default=None, help=f"float32, bfloat16 or float16 (default: {dtype_default})")
+    if default_model is not None:
+        g.add_argument("--quantize", default=None, choices=("int8", "int4"), metavar="{int8,int4}",
+                       help="quantize the LM's linear weights while loading (needs torchao: "
+                            "pip install 'mimo-audio[quantize]'; default: none)")
 
 
 # ============================================================================================ codec

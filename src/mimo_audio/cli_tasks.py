@@ -51,7 +51,8 @@ def _gen_kwargs(args) -> dict:
 def _load(args):
     from .pipeline import MimoAudio
 
-    return MimoAudio.from_pretrained(args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
+    return MimoAudio.from_pretrained(args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype,
+                                     quantize=args.quantize)
 
 
 def _numbered(path: str, i: int, n: int) -> str:

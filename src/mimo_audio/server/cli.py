@@ -102,7 +102,8 @@ def run_serve(args) -> int:
     from ..pipeline import MimoAudio
 
     try:
-        mimo = MimoAudio.from_pretrained(args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
+        mimo = MimoAudio.from_pretrained(args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype,
+                                         quantize=args.quantize)
     except (MimoAudioError, OSError) as exc:
         print(f"mimo-audio serve: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
