@@ -49,8 +49,8 @@ from .errors import CheckpointError, QuantizationError
 
 SCHEMES = ("int8", "int4")
 INT4_GROUP_SIZES = (128, 64, 32)
-#: rows quantized at once while loading (bounds the transient memory of one layer)
-CHUNK_ROWS = 4096
+#: bytes of the compute dtype read (and quantized) at once while loading: bounds the transient memory of a layer
+CHUNK_BYTES = 4 * 2**20
 INSTALL_HINT = "pip install 'mimo-audio[quantize]' (or: pip install torchao)"
 SAVED_FORMAT = "mimo-audio-quantized-v1"
 SAVED_WEIGHTS = "model.safetensors"
@@ -315,11 +315,35 @@ def _read_rows(path: Path, key: str, a: int | None = None, b: int | None = None)
     with safe_open(str(path), framework="pt", device="cpu") as h:
         if a is None:
             return h.get_tensor(key).clone()
-        return h.get_slice(key)[a:b].clone()
+        return h.get_slice(key)[a:b]
+
+
+def chunk_rows(row_bytes: int, budget: int | None = None) -> int:
+    """Rows per chunk: a multiple of 64 (int4 CPU packing works in blocks of rows) within ``budget`` bytes."""
+    budget = CHUNK_BYTES if budget is None else budget
+    return max(64, budget // max(1, row_bytes) // 64 * 64)
+
+
+def _trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc keeps freed chunk-sized blocks in its arenas, which would
+    otherwise grow the resident size of a loading process by several chunks per layer)."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
 
 
 def _chunked_quantize(rows: Callable[[int, int], torch.Tensor], shape: tuple[int, int], kind: str, name: str,
-                      chunk: int = CHUNK_ROWS) -> torch.Tensor:
+                      chunk: int) -> torch.Tensor:
     """Quantize a weight given as a row reader ``rows(a, b)`` chunk by chunk into preallocated inner tensors.
 
     Quantizing rows alone is exact for the classes in ``_ROW_DIMS`` (per-row scales, groups along in_features);
@@ -338,6 +362,7 @@ def _chunked_quantize(rows: Callable[[int, int], torch.Tensor], shape: tuple[int
             probe = torch.randn(1, k, generator=torch.Generator().manual_seed(0)).to(w.device, w.dtype)
         q = _quantize_weight(w, kind, name)
         del w
+        _trim_heap()
         names, attrs = q.__tensor_flatten__()
         cls = type(q)
         for field in names:
@@ -406,12 +431,18 @@ def load_lm(cls, folder: Path, config, *, device, dtype, empty_id, scheme: str, 
             mod = model.get_submodule(owner)
             pdtype = dt if p.is_floating_point() else p.dtype
             rows = reader(pname, pdtype)
+            n = p.shape[0]
+            chunk = chunk_rows(p[0].numel() * torch.empty((), dtype=pdtype).element_size())
             if owner in targets and leaf == "weight":
-                kind = _layer_kind(s, dev, p.shape[0])
-                value = _chunked_quantize(rows, tuple(p.shape), kind, owner)
+                kind = _layer_kind(s, dev, n)
+                value = _chunked_quantize(rows, tuple(p.shape), kind, owner, chunk)
                 mod._parameters[leaf] = nn.Parameter(value, requires_grad=False)
             else:
-                mod._parameters[leaf] = nn.Parameter(rows(0, p.shape[0]), requires_grad=p.requires_grad)
+                value = torch.empty(p.shape, dtype=pdtype, device=dev)
+                for a in range(0, n, chunk):
+                    value[a: a + chunk].copy_(rows(a, min(n, a + chunk)))
+                mod._parameters[leaf] = nn.Parameter(value, requires_grad=p.requires_grad)
+            _trim_heap()
     _finish(model, dev, s, lm_head)
     return model
 
