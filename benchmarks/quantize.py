@@ -175,7 +175,7 @@ def run_quality(args) -> None:
           "| forced-audio code agreement, free running | patch-decoder code agreement |")
     print("|---|---|---|---|---|---|---|")
     folder, ref, empty = fixture_models(Path(args.fixture))
-    for s in ("bfloat16", *SCHEMES):  # bfloat16: the rounding noise floor of an unquantized dtype change
+    for s in ("bfloat16", *SCHEMES) if args.released_groups is None else ():  # bfloat16: the rounding noise floor of an unquantized dtype change
         if s == "bfloat16":
             q = MimoAudioLM.from_pretrained(folder, device="cpu", empty_id=empty, dtype=torch.bfloat16)
         else:
@@ -189,7 +189,7 @@ def run_quality(args) -> None:
         folder = write_checkpoint(ref, Path(tmp) / "lm")
         for s in SCHEMES:
             q = MimoAudioLM.from_pretrained(folder, device="cpu", empty_id=empty, quantize=s)
-            m = quality(ref, q, empty, args.groups)
+            m = quality(ref, q, empty, args.released_groups or args.groups)
             print(f"| released widths, {args.layers}+2+2 layers, random (bfloat16) | {s} | {m['rel']:.4f} | "
                   f"{m['text']:.3f} | {m['tf']:.3f} | {m['audio']:.3f} | {m['patch']:.3f} |")
             del q
@@ -288,6 +288,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2, help="backbone layers of the released-width quality model")
     ap.add_argument("--vocab", type=int, default=16384)
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--released-groups", type=int, default=None,
+                    help="groups for the released-width model only (skips the fixture rows)")
     ap.add_argument("--fixture", default=os.environ.get("MIMO_AUDIO_FIXTURE", ROOT / "tests/fixtures/reference-tiny"))
     args = ap.parse_args()
     only = set(args.only.split(","))
