@@ -37,16 +37,30 @@ def released_width_config(layers: int = 2, local_layers: int = 2, input_layers: 
                     local_ffn_dim=4096, input_local_dim=1024, input_local_layers=input_layers)
 
 
-def random_lm(config: LMConfig, seed: int = 0, dtype=torch.bfloat16, std: float = 0.02) -> MimoAudioLM:
+def random_lm(config: LMConfig, seed: int = 0, dtype=torch.bfloat16, std: float = 0.02,
+              tiled: bool = False) -> MimoAudioLM:
+    """Random weights ~ N(0, std) (norms 1). ``tiled``: every weight is cut from one 4M-value random block
+    (fast; for memory tests, where the values do not matter)."""
     torch.manual_seed(seed)
-    lm = MimoAudioLM(config)
+    with torch.device("meta"):
+        lm = MimoAudioLM(config)
+    lm.to(dtype)  # still on the meta device: free
+    lm.to_empty(device="cpu")
+    block = torch.randn(1 << 22).mul_(std).to(dtype) if tiled else None
     with torch.no_grad():
         for name, p in lm.named_parameters():
             if name.endswith("norm.weight") or name.endswith("norm1.weight") or name.endswith("norm2.weight"):
                 p.fill_(1.0)
+            elif tiled:
+                flat = p.view(-1)
+                for a in range(0, flat.numel(), block.numel()):
+                    n = min(block.numel(), flat.numel() - a)
+                    flat[a: a + n].copy_(block[:n])
             else:
                 p.normal_(0, std)
-    return lm.to(dtype).eval()
+    for stack in (lm.backbone, lm.patch_encoder, lm.patch_decoder):
+        stack.init_buffers()
+    return lm.eval()
 
 
 def write_checkpoint(lm: MimoAudioLM, folder: Path) -> Path:
@@ -73,6 +87,7 @@ def _empty_grid_group(lm, token: int) -> torch.Tensor:
     return col
 
 
+@torch.inference_mode()
 def patch_greedy(lm: MimoAudioLM, first: torch.Tensor) -> torch.Tensor:
     """Codes ``(G, C)`` of one patch from its decoder input ``first`` ``(local_dim,)``: the delayed loop of SPEC
     §5.2 without a cache (the whole prefix is run at every step), argmax with each channel's empty id banned."""
@@ -81,6 +96,7 @@ def patch_greedy(lm: MimoAudioLM, first: torch.Tensor) -> torch.Tensor:
     empty = torch.tensor(c.speech_zeroemb_idx)
     codes = torch.empty(G, C, dtype=torch.long)
     inputs = [first.reshape(1, -1)]
+    table = lm.speech_table()
     for t in range(G + max(delays)):
         x = torch.cat(inputs, 0)[None]
         o = lm.patch_decoder(x, torch.arange(x.shape[1])[None])[0, -1]
@@ -91,11 +107,13 @@ def patch_greedy(lm: MimoAudioLM, first: torch.Tensor) -> torch.Tensor:
                 logits[c.speech_zeroemb_idx[ch]] = -float("inf")
                 step[ch] = int(logits.argmax())
                 codes[t - d, ch] = step[ch]
-        inputs.append(lm.local_inputs_of(step[None]).to(first.dtype))
+        x = lm.embed_speech(step[None], table)
+        x = lm.speech_to_local(x) if lm.speech_to_local is not None else x
+        inputs.append(x.to(first.dtype))
     return codes
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def greedy(lm: MimoAudioLM, prompt: torch.Tensor, groups: int, mode: str, empty: int):
     """``groups`` greedy groups after ``prompt`` ``(9, 4N)``; mode "text" bans <|empty|>, "audio" bans every
     other text id. Returns (text tokens, list of (G, C) patches, list of patch-decoder inputs)."""
@@ -137,7 +155,7 @@ def mixed_prompt(lm: MimoAudioLM, empty: int, groups: int = 8, seed: int = 0) ->
     return torch.cat(cols, 1)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def quality(ref: MimoAudioLM, q: MimoAudioLM, empty: int, groups: int) -> dict:
     """text-logit relative error on a mixed prompt, greedy text / forced-audio agreement over ``groups``
     free-running groups, and patch-decoder code agreement on the reference's decoder inputs."""
