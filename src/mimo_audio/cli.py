@@ -181,7 +181,7 @@ def cmd_quantize(args) -> int:
     folder = resolve(args.model)
     lm = MimoAudioLM.from_pretrained(folder, device=dev, dtype=args.dtype, quantize=args.scheme)
     save_quantized(lm, folder, out)
-    print(f"{out}: {args.scheme} ({module_bytes(lm) / 2**30:.2f} GiB of weights)", file=sys.stderr)
+    print(f"{out}: {args.scheme}, {module_bytes(lm) / 2**20:.1f} MiB of weights", file=sys.stderr)
     return 0
 
 

@@ -115,6 +115,8 @@ def available_schemes(device: str | torch.device) -> tuple[str, ...]:
     if dev.type == "cpu":
         return ("int8", "int4") if _cpu_int4_ok() else ("int8",)
     if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return ()
         return ("int8", "int4") if _cuda_int4_ok(dev) else ("int8",)
     return ()
 
