@@ -7,7 +7,14 @@ Public API (see README.md)::
 
 from __future__ import annotations
 
-from .errors import AudioInputError, AudioTooLongError, CheckpointError, MimoAudioError, PromptError
+from .errors import (
+    AudioInputError,
+    AudioTooLongError,
+    CheckpointError,
+    MimoAudioError,
+    PromptError,
+    QuantizationError,
+)
 
 __version__ = "0.1.0"
 
@@ -22,7 +29,8 @@ _LAZY = {
     "LMConfig": ("config", "LMConfig"),
 }
 
-__all__ = ["AudioInputError", "AudioTooLongError", "CheckpointError", "MimoAudioError", "PromptError", "__version__", *_LAZY]
+__all__ = ["AudioInputError", "AudioTooLongError", "CheckpointError", "MimoAudioError", "PromptError", "QuantizationError",
+           "__version__", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -24,8 +24,8 @@ LONG_AUDIO_SECONDS = 30.0  # show a progress bar above this (and only when stder
 
 
 def add_model_args(p: argparse.ArgumentParser, default_model: str | None = None) -> None:
-    """The checkpoint options every command shares: ``--model`` and ``--compile`` (LM commands only),
-    ``--tokenizer``, ``--device``, ``--dtype``."""
+    """The checkpoint options every command shares: ``--model``, ``--quantize`` and ``--compile`` (LM commands
+    only), ``--tokenizer``, ``--device``, ``--dtype``."""
     from .checkpoint import TOKENIZER_ID
 
     g = p.add_argument_group("model")
@@ -37,6 +37,9 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str | None = None)
     dtype_default = "float32" if default_model is None else "the LM checkpoint's; the audio tokenizer float32"
     g.add_argument("--dtype", default=None, help=f"float32, bfloat16 or float16 (default: {dtype_default})")
     if default_model is not None:
+        g.add_argument("--quantize", default=None, choices=("int8", "int4"), metavar="{int8,int4}",
+                       help="quantize the LM's linear weights while loading (needs torchao: "
+                            "pip install 'mimo-audio[quantize]'; default: none)")
         g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="torch.compile the generation step functions (CUDA graphs on CUDA; the first groups "
                             "then take a while); default: the MIMO_AUDIO_COMPILE environment switch, else off")
@@ -174,6 +177,41 @@ def add_codec_commands(subparsers) -> None:
     p.set_defaults(func=cmd_codec_roundtrip)
 
 
+# ============================================================================================ quantize
+def cmd_quantize(args) -> int:
+    from .checkpoint import parse_device, parse_dtype, resolve
+    from .lm import MimoAudioLM
+    from .quantize import check_scheme, module_bytes, save_quantized
+
+    dev = parse_device(args.device)
+    check_scheme(args.scheme, dev, parse_dtype(args.dtype))
+    out = Path(args.output).expanduser()
+    if out.exists():
+        raise MimoAudioError(f"{args.output} already exists; pass a new folder")
+    if not out.parent.is_dir():
+        raise MimoAudioError(f"{args.output}: the folder {out.parent} does not exist")
+    folder = resolve(args.model)
+    lm = MimoAudioLM.from_pretrained(folder, device=dev, dtype=args.dtype, quantize=args.scheme)
+    save_quantized(lm, folder, out)
+    print(f"{out}: {args.scheme}, {module_bytes(lm) / 2**20:.1f} MiB of weights", file=sys.stderr)
+    return 0
+
+
+def add_quantize_command(subparsers) -> None:
+    """``mimo-audio quantize MODEL --scheme int8 -o FOLDER``."""
+    p = subparsers.add_parser("quantize", help="write an int8/int4 quantized copy of an LM checkpoint",
+                              description="Quantize the LM's linear weights with torchao and write a checkpoint "
+                                          "that loads without re-quantizing (needs: pip install "
+                                          "'mimo-audio[quantize]'). int4 packing is device-specific: quantize on "
+                                          "the device kind (cpu or cuda) that will run it.")
+    p.add_argument("model", help="LM hub id or folder (unquantized)")
+    p.add_argument("--scheme", required=True, choices=("int8", "int4"), help="weight format")
+    p.add_argument("-o", "--output", required=True, help="new folder to write")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--dtype", default=None, help="compute dtype: float32, bfloat16 or float16 (default: the checkpoint's)")
+    p.set_defaults(func=cmd_quantize)
+
+
 # ============================================================================================ main
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -188,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_codec_commands(subparsers)
     add_task_commands(subparsers)
+    add_quantize_command(subparsers)
     add_eval_commands(subparsers)
     add_serve_command(subparsers)
     add_data_commands(subparsers)

@@ -54,7 +54,7 @@ def _load(args):
     from .pipeline import MimoAudio
 
     return MimoAudio.from_pretrained(args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype,
-                                     compile=args.compile)
+                                     quantize=args.quantize, compile=args.compile)
 
 
 def _numbered(path: str, i: int, n: int) -> str:

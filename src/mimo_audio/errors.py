@@ -32,3 +32,8 @@ class CheckpointError(MimoAudioError, ValueError):
 
 class PromptError(MimoAudioError, ValueError):
     """A request that cannot be turned into a prompt: empty text, missing transcript, too long for the model."""
+
+
+class QuantizationError(MimoAudioError, ValueError):
+    """A weight-quantization request that cannot be met: unknown scheme, a scheme this device cannot run,
+    torchao missing, or a layer the library left unquantized."""

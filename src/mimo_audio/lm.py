@@ -500,16 +500,26 @@ class MimoAudioLM(nn.Module):
     # -------------------------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, device=None, dtype=None,
-                        empty_id: int | None = None) -> MimoAudioLM:
+                        empty_id: int | None = None, quantize: str | None = None) -> MimoAudioLM:
         """Load a released checkpoint (local folder or hub id; one safetensors file or shards with an index).
 
         The model is built on the meta device and each weight is copied once into its place. ``dtype``
-        None keeps the checkpoint's stored dtype.
+        None keeps the checkpoint's stored dtype. ``quantize`` ``"int8"``/``"int4"`` quantizes the linear
+        layers with torchao while loading (:mod:`mimo_audio.quantize`); a folder written by
+        ``mimo-audio quantize`` loads quantized as saved.
         """
         folder = checkpoint.resolve(path_or_hub_id)
         config = LMConfig.from_file(folder / "config.json")
         if empty_id is None:
             empty_id = _empty_id_of(folder)
+        from . import quantize as q
+
+        saved = q.saved_quantization(folder)
+        if saved is not None:
+            return q.load_saved(cls, folder, config, saved, device=device, dtype=dtype, empty_id=empty_id,
+                                scheme=quantize)
+        if q.parse_scheme(quantize) is not None:
+            return q.load_lm(cls, folder, config, device=device, dtype=dtype, empty_id=empty_id, scheme=quantize)
         tensors = checkpoint.read_tensors(checkpoint.safetensors_files(folder))
         dev = checkpoint.parse_device(device)
         dt = checkpoint.parse_dtype(dtype)

@@ -117,26 +117,32 @@ class MimoAudio:
         tokenizer: str | os.PathLike = TOKENIZER_ID,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        quantize: str | None = None,
         **options,
     ) -> MimoAudio:
         """Load the LM (and its text tokenizer) from ``model`` and the audio tokenizer from ``tokenizer``.
 
         Both are hub ids or local folders. ``device`` defaults to CUDA when available; ``dtype`` to the
-        checkpoint's. ``options`` go to the constructor (streaming windows, ``compile=``).
+        checkpoint's. ``quantize`` ``"int8"``/``"int4"`` quantizes the LM's linear layers while loading (torchao;
+        see docs/usage.md); the audio tokenizer stays unquantized. ``options`` go to the constructor (streaming
+        windows, ``compile=``).
         """
         from .checkpoint import parse_device, parse_dtype, resolve
         from .codec import AudioTokenizer
         from .config import check_kind, read_config_json
         from .lm import MimoAudioLM
+        from .quantize import check_scheme
         from .text import TextTokenizer
 
         dev = parse_device(device)
         dt = parse_dtype(dtype)
+        check_scheme(quantize, dev, dt)  # an impossible scheme fails before anything is read
         folder = resolve(model)
         if (folder / "config.json").is_file():  # a tokenizer folder given as the model is named as such
             check_kind(read_config_json(folder / "config.json"), "lm", folder / "config.json")
         text_tokenizer = TextTokenizer.from_folder(folder)
-        lm = MimoAudioLM.from_pretrained(folder, device=dev, dtype=dt, empty_id=text_tokenizer.ids.empty)
+        lm = MimoAudioLM.from_pretrained(folder, device=dev, dtype=dt, empty_id=text_tokenizer.ids.empty,
+                                         quantize=quantize)
         codec = AudioTokenizer.from_pretrained(tokenizer, device=dev, dtype=dt)
         return cls(lm, codec, text_tokenizer, **options)
 

@@ -136,7 +136,7 @@ def run_serve(args) -> int:
 
     try:
         mimo = MimoAudio.from_pretrained(args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype,
-                                     compile=args.compile)
+                                         compile=args.compile, quantize=args.quantize)
     except (MimoAudioError, OSError) as exc:
         print(f"mimo-audio serve: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
