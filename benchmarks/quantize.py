@@ -96,7 +96,6 @@ def patch_greedy(lm: MimoAudioLM, first: torch.Tensor) -> torch.Tensor:
     empty = torch.tensor(c.speech_zeroemb_idx)
     codes = torch.empty(G, C, dtype=torch.long)
     inputs = [first.reshape(1, -1)]
-    table = lm.speech_table()
     for t in range(G + max(delays)):
         x = torch.cat(inputs, 0)[None]
         o = lm.patch_decoder(x, torch.arange(x.shape[1])[None])[0, -1]
@@ -107,7 +106,7 @@ def patch_greedy(lm: MimoAudioLM, first: torch.Tensor) -> torch.Tensor:
                 logits[c.speech_zeroemb_idx[ch]] = -float("inf")
                 step[ch] = int(logits.argmax())
                 codes[t - d, ch] = step[ch]
-        x = lm.embed_speech(step[None], table)
+        x = lm.embed_speech(step[None])
         x = lm.speech_to_local(x) if lm.speech_to_local is not None else x
         inputs.append(x.to(first.dtype))
     return codes

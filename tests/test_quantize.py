@@ -194,3 +194,23 @@ def test_peak_rss_of_int8_loading_stays_near_the_int8_size(tmp_path):
     assert m["size"] < 0.6 * bf16, (m, bf16)
     assert m["delta"] <= 1.25 * m["size"], (m, bf16)
     print(out.stderr.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_quantized_models_generate_through_the_engine(fixture_path, manifest, expected, scheme):
+    """The engine runs the model's own (quantized) Linear modules: greedy generation works, and int8 stays close
+    to the unquantized model (measured on the fixture, 32 groups: 0.69 of the text tokens and 0.98 of the codes
+    agree; free-running random models part ways after the first flip)."""
+    from mimo_audio.generate import GenerationConfig, generate
+
+    ref = MimoAudioLM.from_pretrained(fixture_path / "lm", device="cpu")
+    q = MimoAudioLM.from_pretrained(fixture_path / "lm", device="cpu", quantize=scheme)
+    assert Q.is_quantized_tensor(q.patch_decoder.layers[0].attn.qkv.weight)
+    prompt = expected[f"prompt.{manifest['generate']['text']['prompt']}"]
+    cfg = GenerationConfig(max_new_tokens=32)
+    a = generate(ref, [prompt], cfg, greedy=True)[0]
+    b = generate(q, [prompt], cfg, greedy=True)[0]
+    assert b.shape == a.shape
+    if scheme == "int8":
+        assert (a[0] == b[0]).float().mean() >= 0.6
+        assert (a[1:] == b[1:]).float().mean() >= 0.9
