@@ -1,0 +1,202 @@
+"""The trainer (mimo_audio.train) on tiny CPU models: overfitting, stages, resume, FSDP2, export, LoRA."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lm_helpers import EMPTY, random_grid, tiny_lm
+from mimo_audio.lm import MimoAudioLM
+from mimo_audio.train.config import TrainConfigError, make_config
+from mimo_audio.train.data import ExampleBatches, save_examples
+from mimo_audio.train.trainer import module_group, train
+
+
+def model(seed=0):
+    lm = tiny_lm(seed, local_attn_dropout=0.0)
+    lm.empty_id = EMPTY
+    return lm
+
+
+def examples(lm, n=4, groups=8, seed=0):
+    out = []
+    for i in range(n):
+        g = random_grid(lm, groups - (i % 2), seed=seed + i)
+        lab = g.clone()
+        lab[:, : 2 * lm.config.group_size] = -100  # the first two groups are the unsupervised "prompt"
+        out.append((g, lab))
+    return out
+
+
+def run(tmp_path, name, lm, ex, batch=2, **kw):
+    settings = dict(output=str(tmp_path / name), max_steps=4, lr=1e-3, progress=False, save_every=100,
+                    schedule="cosine", warmup_ratio=0.25, batch_size=batch)
+    settings.update(kw)
+    cfg = make_config(**settings)
+    data = ExampleBatches(ex, cfg.batch_size, lm.config.group_size, seed=1)
+    return train(cfg, model=lm, data=data)
+
+
+def test_overfits_one_batch(tmp_path):
+    lm = model()
+    ex = examples(lm)
+    recs = run(tmp_path, "o", lm, ex, batch=4, max_steps=25, lr=3e-3, schedule="constant", warmup_ratio=0.0)
+    first, last = recs[0]["loss"], recs[-1]["loss"]
+    assert last < 0.1 * first, (first, last)
+    lines = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 26))
+    keys = {"step", "loss", "loss_text", "lr", "grad_norm", "tokens_per_s", "memory"} | {
+        f"loss_audio_{c}" for c in range(lm.config.audio_channels)}
+    assert keys <= set(lines[0]) and lines[0]["tokens_per_s"] > 0
+
+
+def test_pt1_freezes_the_patch_decoder_and_uses_the_text_loss(tmp_path):
+    lm = model()
+    before = {k: v.clone() for k, v in lm.state_dict().items()}
+    recs = run(tmp_path, "p", lm, examples(lm), stage="pt1", max_steps=3)
+    after = lm.state_dict()
+    changed = {module_group(k) for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"encoder", "llm"}
+    for k in before:
+        if module_group(k) == "decoder":
+            assert torch.equal(before[k], after[k]), k
+    assert all(r["loss"] == r["loss_text"] for r in recs)
+
+
+def test_param_groups_follow_the_stage_ratios():
+    cfg = make_config(stage="sft", lr=2e-5)
+    assert cfg.lrs() == pytest.approx({"encoder": 1e-4, "llm": 2e-5, "decoder": 1e-4})
+    assert make_config(stage="pt1").lrs()["decoder"] is None
+    from mimo_audio.train.trainer import decays, param_groups
+
+    lm = model()
+    groups = {g["name"]: g for g in param_groups(lm, cfg)}
+    assert groups["llm-nodecay"]["weight_decay"] == 0.0 and groups["llm"]["weight_decay"] == cfg.weight_decay
+    names = {n for n, p in lm.named_parameters() if not decays(n, p)}
+    assert "backbone.layers.0.attn.qkv.bias" in names and "backbone.layers.0.norm1.weight" in names
+    assert "backbone.layers.0.attn.qkv.weight" not in names
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    ex = examples(model())
+    full = run(tmp_path, "full", model(), ex, max_steps=4)
+    # the same run stopped after step 2 (a checkpoint every 2 steps), then resumed with --resume
+    cut = run(tmp_path, "cut", model(), ex, max_steps=4, save_every=2, stop_after=2)
+    assert len(cut) == 2
+    rest = run(tmp_path, "cut", model(seed=5), ex, max_steps=4, save_every=2, resume=True)
+    got = [r["loss"] for r in cut + rest]
+    assert got == pytest.approx([r["loss"] for r in full], rel=1e-6)
+    assert run(tmp_path, "cut", model(), ex, max_steps=4, resume=True) == []  # finished: nothing to do
+
+
+def test_export_round_trip(tmp_path):
+    lm = model()
+    run(tmp_path, "e", lm, examples(lm), max_steps=2)
+    loaded = MimoAudioLM.from_pretrained(tmp_path / "e" / "final", empty_id=EMPTY)
+    grid = random_grid(lm, 6, seed=9)[None]
+    lm.eval()
+    with torch.no_grad():
+        a, b = lm(grid).text_logits, loaded(grid).text_logits
+    assert torch.equal(a, b)
+
+
+def test_lora_trains_adapters_and_merges(tmp_path):
+    peft = pytest.importorskip("peft")
+    lm = model()
+    base = tmp_path / "base"
+    from mimo_audio.train.export import export_released
+
+    export_released(lm.config, lm.state_dict(), base)
+    start = MimoAudioLM.from_pretrained(base, empty_id=EMPTY)
+    start.empty_id = EMPTY
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    run(tmp_path, "l", start, examples(lm), max_steps=3, lora=4, lr=1e-2, model=str(base))
+    # only adapters trained: the base weights are untouched
+    for k, v in start.state_dict().items():
+        if "lora_" not in k:
+            assert torch.equal(v, before[k.replace("base_model.model.", "").replace(".base_layer", "")]), k
+    adapter = tmp_path / "l" / "final"
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
+    from mimo_audio.train.lora import merge
+
+    merge(tmp_path / "l", tmp_path / "merged")
+    merged = MimoAudioLM.from_pretrained(tmp_path / "merged", empty_id=EMPTY)
+    unmerged = peft.PeftModel.from_pretrained(MimoAudioLM.from_pretrained(base, empty_id=EMPTY), str(adapter)).eval()
+    grid = random_grid(lm, 6, seed=3)[None]
+    with torch.no_grad():
+        a, b, c = merged(grid), unmerged(grid), MimoAudioLM.from_pretrained(base, empty_id=EMPTY)(grid)
+    torch.testing.assert_close(a.text_logits, b.text_logits, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(a.text_logits, c.text_logits)  # the adapter changed the model
+
+
+def test_bad_configs_fail_before_step_1(tmp_path):
+    with pytest.raises(TrainConfigError, match="stage"):
+        make_config(stage="pt3")
+    with pytest.raises(TrainConfigError, match="lora"):
+        make_config(stage="pt1", lora=8)
+    with pytest.raises(TrainConfigError, match="does not exist"):
+        train(make_config(data=str(tmp_path / "missing"), output=str(tmp_path / "x")), model=model())
+    lm = model()
+    with pytest.raises(TrainConfigError, match="positions"):
+        run(tmp_path, "long", lm, examples(lm, groups=lm.config.max_position_embeddings + 2))
+    run(tmp_path, "once", lm, examples(lm), max_steps=1)
+    with pytest.raises(TrainConfigError, match="--resume"):
+        run(tmp_path, "once", model(), examples(lm), max_steps=1)
+
+
+def _worker(rank, world, init, ex, out, kw):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        lm = model()
+        cfg = make_config(**kw)
+        data = ExampleBatches(ex, cfg.batch_size, lm.config.group_size, seed=1, rank=rank, world=world)
+        recs = train(cfg, model=lm, data=data)
+        if rank == 0:
+            torch.save([r["loss"] for r in recs], out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_two_ranks_equal_one(tmp_path):
+    ex = examples(model(), n=8)
+    kw = dict(max_steps=5, lr=1e-3, progress=False, save_every=100, batch_size=2, warmup_ratio=0.2)
+    one = run(tmp_path, "one", model(), ex, grad_accum=2, **kw)
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "two.pt"
+    mp.spawn(_worker, args=(2, f"file://{tmp_path / 'pg'}", ex, str(out), dict(kw, output=str(tmp_path / "two"))),
+             nprocs=2, join=True)
+    two = torch.load(out)
+    assert two == pytest.approx([r["loss"] for r in one], rel=1e-4)
+    # the sharded run exports the same released layout
+    assert MimoAudioLM.from_pretrained(tmp_path / "two" / "final", empty_id=EMPTY) is not None
+
+
+def test_cli_train_with_a_config_file(tmp_path):
+    lm = model()
+    base = tmp_path / "base"
+    from mimo_audio.train.export import export_released
+
+    export_released(lm.config, lm.state_dict(), base)
+    save_examples(tmp_path / "ex.safetensors", examples(lm))
+    (tmp_path / "c.toml").write_text('stage = "sft"\nmax-steps = 50\nbatch-size = 2\nlr = 1e-3\n')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    cmd = [sys.executable, "-m", "mimo_audio.train", "--model", str(base), "--data", str(tmp_path / "ex.safetensors"),
+           "--config", str(tmp_path / "c.toml"), "--max-steps", "2", "--output", str(tmp_path / "r"),
+           "--device", "cpu"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "empty" in p.stderr  # no tokenizer.json: the <|empty|> id is unknown
+    cmd += ["--empty-id", str(EMPTY)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # the flag overrode the file's max-steps
+    p = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "already finished" in p.stderr
