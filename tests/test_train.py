@@ -200,3 +200,38 @@ def test_cli_train_with_a_config_file(tmp_path):
     assert len(lines) == 2  # the flag overrode the file's max-steps
     p = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "already finished" in p.stderr
+
+
+def test_shipped_configs_parse():
+    from importlib.resources import files
+
+    from mimo_audio.train.config import read_config_file
+
+    folder = files("mimo_audio.train") / "configs"
+    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".toml"))
+    assert names == ["lora-sft-instruct.toml", "pt1.toml", "pt2.toml", "sft.toml"]
+    stages = {n: make_config(read_config_file(str(folder / n))) for n in names}
+    assert stages["pt1.toml"].stage == "pt1" and stages["lora-sft-instruct.toml"].lora == 16
+
+
+def test_config_file_errors_and_flags_override(tmp_path):
+    from mimo_audio.train.cli import build_parser, config_from_args
+
+    f = tmp_path / "c.toml"
+    f.write_text('stage = "pt2"\nmax-steps = 7\nbogus = 1\n')
+    with pytest.raises(TrainConfigError, match="unknown setting 'bogus'"):
+        config_from_args(build_parser().parse_args(["--config", str(f)]))
+    f.write_text('stage = "pt2"\nmax-steps = 7\ntasks = "asr:1,tts:2"\n')
+    cfg = config_from_args(build_parser().parse_args(["--config", str(f), "--max-steps", "3"]))
+    assert (cfg.stage, cfg.max_steps, cfg.tasks) == ("pt2", 3, {"asr": 1.0, "tts": 2.0})
+    f.write_text('stage = "pt2"\nmax-steps = \n')
+    with pytest.raises(TrainConfigError, match="c.toml"):
+        config_from_args(build_parser().parse_args(["--config", str(f)]))
+
+
+def test_activation_checkpointing_gives_the_same_steps(tmp_path):
+    lm = model()
+    ex = examples(lm)
+    plain = run(tmp_path, "a", model(), ex, max_steps=2)
+    ckpt = run(tmp_path, "b", model(), ex, max_steps=2, activation_checkpointing=True)
+    assert [r["loss"] for r in ckpt] == pytest.approx([r["loss"] for r in plain], rel=1e-6)
