@@ -205,14 +205,16 @@ def test_cli_train_with_a_config_file(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     cmd = [sys.executable, "-m", "mimo_audio.train", "--model", str(base), "--data", str(tmp_path / "ex.safetensors"),
            "--config", str(tmp_path / "c.toml"), "--max-steps", "2", "--output", str(tmp_path / "r"),
-           "--device", "cpu"]
+           "--device", "cpu", "--val-data", str(tmp_path / "ex.safetensors"), "--val-every", "2"]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "empty" in p.stderr  # no tokenizer.json: the <|empty|> id is unknown
     cmd += ["--empty-id", str(EMPTY)]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 2  # the flag overrode the file's max-steps
+    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "loss" in r] == [1, 2]  # the flag overrode the file's max-steps
+    val = [r for r in lines if "val_loss" in r]
+    assert [r["step"] for r in val] == [2] and val[0]["val_loss"] > 0
     p = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "already finished" in p.stderr
 
@@ -236,9 +238,14 @@ def test_config_file_errors_and_flags_override(tmp_path):
     f.write_text('stage = "pt2"\nmax-steps = 7\nbogus = 1\n')
     with pytest.raises(TrainConfigError, match="unknown setting 'bogus'"):
         config_from_args(build_parser().parse_args(["--config", str(f)]))
-    f.write_text('stage = "pt2"\nmax-steps = 7\ntasks = "asr:1,tts:2"\n')
+    f.write_text('stage = "pt2"\nmax-steps = 7\nlr = 1e-4\n')
     cfg = config_from_args(build_parser().parse_args(["--config", str(f), "--max-steps", "3"]))
-    assert (cfg.stage, cfg.max_steps, cfg.tasks) == ("pt2", 3, {"asr": 1.0, "tts": 2.0})
+    assert (cfg.stage, cfg.max_steps, cfg.lr) == ("pt2", 3, 1e-4)
+    from mimo_audio.train.config import parse_tasks
+
+    assert parse_tasks("asr:1,tts:2") == {"asr": 1.0, "tts": 2.0}
+    with pytest.raises(TrainConfigError, match="NAME:WEIGHT"):
+        parse_tasks("asr:x")
     f.write_text('stage = "pt2"\nmax-steps = \n')
     with pytest.raises(TrainConfigError, match="c.toml"):
         config_from_args(build_parser().parse_args(["--config", str(f)]))

@@ -117,6 +117,22 @@ class TrainConfig:
         for task, w in self.tasks.items():
             if not w > 0:
                 raise TrainConfigError(f"task {task!r} has weight {w}; weights must be positive")
+        if self.tasks:
+            check_tasks(self.tasks)
+
+
+def check_tasks(tasks: dict[str, float]) -> None:
+    """Every name in ``tasks`` must be in the task table (:mod:`mimo_audio.tasks`, from the training-data work)."""
+    try:
+        from .. import tasks as table
+    except ImportError:
+        raise TrainConfigError("--tasks needs the task table (mimo_audio.tasks) and the prepared-shard loader, which "
+                               "this installation does not have; train on example files without --tasks") from None
+    for name in tasks:
+        try:
+            table.get_task(name)
+        except Exception as exc:  # the table's own error names the known tasks
+            raise TrainConfigError(f"unknown task {name!r} in --tasks: {exc}") from None
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
