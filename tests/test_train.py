@@ -217,6 +217,17 @@ def test_cli_train_with_a_config_file(tmp_path):
     assert [r["step"] for r in val] == [2] and val[0]["val_loss"] > 0
     p = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "already finished" in p.stderr
+    # the last checkpoint (step 2 = the final weights) exported on request equals final/
+    from mimo_audio.cli import main
+
+    assert main(["train", "export", str(tmp_path / "r"), "-o", str(tmp_path / "exp")]) == 0
+    grid = random_grid(lm, 5, seed=4)[None]
+    with torch.no_grad():
+        a = MimoAudioLM.from_pretrained(tmp_path / "exp", empty_id=EMPTY)(grid).text_logits
+        b = MimoAudioLM.from_pretrained(tmp_path / "r" / "final", empty_id=EMPTY)(grid).text_logits
+        c = MimoAudioLM.from_pretrained(base, empty_id=EMPTY)(grid).text_logits
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert main(["train", "export", str(tmp_path / "r"), "--step", "1", "-o", str(tmp_path / "x")]) == 2
 
 
 def test_shipped_configs_parse():

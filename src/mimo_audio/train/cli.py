@@ -16,7 +16,8 @@ def build_parser(prog: str = "mimo-audio train") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog, description="Train the MiMo-Audio LM: pre-training stages pt1/pt2, SFT, LoRA (docs/training.md). "
         "Run under `torchrun --nproc-per-node N -m mimo_audio.train ...` for data-parallel FSDP2. "
-        "`mimo-audio train merge RUN -o FOLDER` merges a LoRA run's adapter into its base.")
+        "`mimo-audio train merge RUN -o FOLDER` merges a LoRA run's adapter into its base; "
+        "`mimo-audio train export RUN [--step N] -o FOLDER` writes a checkpoint in the released layout.")
     a = p.add_argument
     a("--config", help="TOML file with the same settings (keys as the flags, dashes or underscores); flags override it")
     a("--model", help="LM folder or hub id to start from")
@@ -64,6 +65,15 @@ def build_merge_parser(prog: str = "mimo-audio train merge") -> argparse.Argumen
     return p
 
 
+def build_export_parser(prog: str = "mimo-audio train export") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Write a full-fine-tuning run's checkpoint in the released "
+                                "layout (the final model is exported to RUN/final by the run itself).")
+    p.add_argument("run", help="the run's --output folder")
+    p.add_argument("-o", "--output", required=True, help="folder for the model")
+    p.add_argument("--step", type=int, help="the checkpoint's step (default: the newest)")
+    return p
+
+
 def config_from_args(args: argparse.Namespace):
     settings = read_config_file(args.config) if args.config else {}
     flags = {k: v for k, v in vars(args).items() if k != "config"}
@@ -78,6 +88,13 @@ def run(argv: list[str], prog: str = "mimo-audio train") -> int:
 
             dest = merge(args.run, args.output, base=args.base)
             print(f"{dest}: merged model written", file=sys.stderr)
+            return 0
+        if argv and argv[0] == "export":
+            args = build_export_parser(prog + " export").parse_args(argv[1:])
+            from .export import export_checkpoint
+
+            dest = export_checkpoint(args.run, args.output, step=args.step)
+            print(f"{dest}: model written", file=sys.stderr)
             return 0
         args = build_parser(prog).parse_args(argv)
         cfg = config_from_args(args)

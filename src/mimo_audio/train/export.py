@@ -100,3 +100,36 @@ def export_adapter(peft_model, state: dict[str, torch.Tensor], dest: str | os.Pa
 
     _write_folder(Path(dest), write)
     return Path(dest)
+
+
+def export_checkpoint(run: str | os.PathLike, dest: str | os.PathLike, *, step: int | None = None) -> Path:
+    """A full-fine-tuning run's checkpoint (the newest, or ``step``) -> the released layout at ``dest``.
+    One process; the checkpoint may have been written by any number of ranks."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    from .. import checkpoint
+    from .config import TrainConfigError
+    from .trainer import _checkpoints
+
+    run = Path(run).expanduser()
+    found = _checkpoints(run) if run.is_dir() else []
+    if step is not None:
+        found = [p for p in found if int(p.name[5:]) == step]
+    if not found:
+        raise TrainConfigError(f"{run} holds no complete checkpoint" + (f" of step {step}" if step else ""))
+    ckpt = found[-1]
+    settings = json.loads((run / "train_config.json").read_text())
+    if settings.get("lora"):
+        raise TrainConfigError(f"{run} is a LoRA run: its final/ adapter is merged with `mimo-audio train merge`")
+    if not settings.get("model"):
+        raise TrainConfigError(f"{run}/train_config.json names no base model (the run got its model in Python)")
+    base = checkpoint.resolve(settings["model"])
+    config = LMConfig.from_file(base / "config.json")
+    lm = MimoAudioLM(config)
+    state = {"model": lm.state_dict()}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(ckpt))
+    return export_released(config, state["model"], dest, base_folder=base)
