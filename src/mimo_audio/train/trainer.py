@@ -341,6 +341,7 @@ def train(cfg: TrainConfig, *, model: MimoAudioLM | None = None, data=None, val_
     bar = tqdm(total=cfg.max_steps, initial=step, unit="step", file=sys.stderr, dynamic_ncols=True,
                disable=not (rank == 0 and cfg.progress and sys.stderr.isatty()))
     metrics = output / "metrics.jsonl"
+    val_start = val_data.state_dict() if val_data is not None else None
     while step < cfg.max_steps:
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -381,6 +382,7 @@ def train(cfg: TrainConfig, *, model: MimoAudioLM | None = None, data=None, val_
         bar.update(1)
         bar.set_postfix(loss=f"{s[0]:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
         if cfg.val_every and step % cfg.val_every == 0 and val_data is not None:
+            val_data.load_state_dict(val_start)  # the same validation batches every time
             v = validate(net, val_data, cfg, device, text_only, autocast)
             if rank == 0:
                 with open(metrics, "a", encoding="utf-8") as f:
@@ -413,7 +415,7 @@ VAL_BATCHES = 8
 
 @torch.no_grad()
 def validate(net, val_data, cfg, device, text_only, autocast) -> float:
-    """Mean loss over the next ``VAL_BATCHES`` micro-batches of the validation source (all ranks)."""
+    """Mean loss over the first ``VAL_BATCHES`` micro-batches of the validation source (all ranks)."""
     net.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
     for _ in range(VAL_BATCHES):
