@@ -114,6 +114,18 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert run(tmp_path, "cut", model(), ex, max_steps=4, resume=True) == []  # finished: nothing to do
 
 
+def test_resume_ignores_incomplete_checkpoints(tmp_path):
+    ex = examples(model())
+    full = run(tmp_path, "full", model(), ex, max_steps=3)
+    run(tmp_path, "cut", model(), ex, max_steps=3, save_every=1, stop_after=1)
+    # a save killed before its marker: the temporary folder, and a step folder without complete.json
+    (tmp_path / "cut" / ".step-00000002.tmp").mkdir()
+    (tmp_path / "cut" / "step-00000002").mkdir()
+    rest = run(tmp_path, "cut", model(seed=5), ex, max_steps=3, save_every=1, resume=True)
+    assert [r["step"] for r in rest] == [2, 3]
+    assert [r["loss"] for r in rest] == pytest.approx([r["loss"] for r in full[1:]], rel=1e-6)
+
+
 def test_export_round_trip(tmp_path):
     lm = model()
     run(tmp_path, "e", lm, examples(lm), max_steps=2)
@@ -161,6 +173,8 @@ def test_bad_configs_fail_before_step_1(tmp_path):
         make_config(stage="pt1", lora=8)
     with pytest.raises(TrainConfigError, match="does not exist"):
         train(make_config(data=str(tmp_path / "missing"), output=str(tmp_path / "x")), model=model())
+    with pytest.raises(TrainConfigError, match="task"):
+        make_config(tasks="no-such-task:1")  # without the task table, or unknown to it
     lm = model()
     with pytest.raises(TrainConfigError, match="positions"):
         run(tmp_path, "long", lm, examples(lm, groups=lm.config.max_position_embeddings + 2))
