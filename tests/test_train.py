@@ -118,11 +118,16 @@ def test_resume_ignores_incomplete_checkpoints(tmp_path):
     ex = examples(model())
     full = run(tmp_path, "full", model(), ex, max_steps=3)
     run(tmp_path, "cut", model(), ex, max_steps=3, save_every=1, stop_after=1)
+    with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:  # a step logged after the last save, then killed
+        f.write(json.dumps({"step": 2, "loss": 0.0}) + "\n")
     # a save killed before its marker: the temporary folder, and a step folder without complete.json
     (tmp_path / "cut" / ".step-00000002.tmp").mkdir()
     (tmp_path / "cut" / "step-00000002").mkdir()
     rest = run(tmp_path, "cut", model(seed=5), ex, max_steps=3, save_every=1, resume=True)
     assert [r["step"] for r in rest] == [2, 3]
+    # metrics.jsonl: one record per step, those after the checkpoint redone, not repeated
+    lines = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3]
     assert [r["loss"] for r in rest] == pytest.approx([r["loss"] for r in full[1:]], rel=1e-6)
 
 

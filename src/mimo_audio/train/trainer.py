@@ -325,6 +325,7 @@ def train(cfg: TrainConfig, *, model: MimoAudioLM | None = None, data=None, val_
             step = load_checkpoint(found[-1], net, optimizer, scheduler, data)
             if rank == 0:
                 print(f"resuming {output} from {found[-1].name}", file=out)
+                _drop_metrics_after(output / "metrics.jsonl", step)
         elif rank == 0:
             print(f"{output}: no checkpoint yet; starting from step 0", file=out)
     if rank == 0:
@@ -401,6 +402,16 @@ def train(cfg: TrainConfig, *, model: MimoAudioLM | None = None, data=None, val_
             Path(tmp).write_text(json.dumps({"finished": True, "step": step}))
     _barrier()
     return records
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """Forget the records of steps after the checkpoint (a run killed between saves redoes them)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
 
 def _llm_group(optimizer) -> int:
