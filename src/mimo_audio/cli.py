@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_commands(subparsers)
     add_serve_command(subparsers)
     add_data_commands(subparsers)
+    from .train.cli import add_train_command
+
+    add_train_command(subparsers)
     return parser
 
 
@@ -254,6 +257,11 @@ def cli_words(message: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "train":  # its own parser (with a `merge` subcommand): mimo_audio.train.cli
+        from .train.cli import run
+
+        return run(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

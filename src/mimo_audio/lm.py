@@ -488,7 +488,13 @@ class MimoAudioLM(nn.Module):
                 chan_losses.append(F.cross_entropy(lg.float().reshape(-1, lg.shape[-1]), tgt[..., ch].reshape(-1),
                                                    ignore_index=-100))
         else:
-            chan_losses = [logits.sum() * 0.0 for _ in range(self.C)]
+            # no supervised speech group: one zero patch through the decoder, weighted 0, so that every parameter
+            # is in the graph on every data-parallel rank (their gradients are reduced together)
+            zero = self.decode_teacher_forced(out.local_inputs[:1, 0],
+                                              torch.zeros(1, G, self.C, dtype=torch.long, device=labels.device))
+            chan_losses = [lg.sum() * 0.0 for lg in zero]
+        # the same for the patch encoder, which embed() runs only for grids holding speech groups
+        text_loss = text_loss + 0.0 * self._unused_encoder_term(labels.device)
         chan = torch.stack(chan_losses)
         if len(lw.channels) < self.C:
             raise PromptError(f"loss_weights has {len(lw.channels)} channel weights; the model has {self.C} channels")
@@ -496,6 +502,12 @@ class MimoAudioLM(nn.Module):
         total = lw.text + float(weights.sum())
         out.loss = (lw.text * text_loss + (weights * chan).sum()) / total
         out.text_loss, out.channel_losses, out.local_logits = text_loss, chan, local_logits
+
+    def _unused_encoder_term(self, device) -> torch.Tensor:
+        """The patch encoder and ``group_downcast`` of one all-zero patch, summed (multiplied by 0 in the loss)."""
+        codes = torch.zeros(1, self.G, self.C, dtype=torch.long, device=device)
+        patch = self.patch_encoder(self.embed_speech(codes), torch.arange(self.G, device=device)[None])
+        return self.group_downcast(patch.reshape(1, -1)).sum()
 
     # -------------------------------------------------------------------------------- loading
     @classmethod

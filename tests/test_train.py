@@ -1,0 +1,299 @@
+"""The trainer (mimo_audio.train) on tiny CPU models: overfitting, stages, resume, FSDP2, export, LoRA."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lm_helpers import EMPTY, random_grid, tiny_lm
+from mimo_audio.lm import MimoAudioLM
+from mimo_audio.train.config import TrainConfigError, make_config
+from mimo_audio.train.data import ExampleBatches, save_examples
+from mimo_audio.train.trainer import module_group, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train far faster on one thread than on two contended ones (measured: docs/training.md)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def model(seed=0):
+    lm = tiny_lm(seed, local_attn_dropout=0.0)
+    lm.empty_id = EMPTY
+    return lm
+
+
+def examples(lm, n=4, groups=8, seed=0):
+    out = []
+    for i in range(n):
+        g = random_grid(lm, groups - (i % 2), seed=seed + i)
+        lab = g.clone()
+        lab[:, : 2 * lm.config.group_size] = -100  # the first two groups are the unsupervised "prompt"
+        out.append((g, lab))
+    return out
+
+
+def text_only(lm, ex):
+    """The examples with every group a text group: such a batch runs neither patch encoder nor decoder itself."""
+    out = []
+    for g, lab in ex:
+        g, lab = g.clone(), lab.clone()
+        g[0] = lab[0] = 3
+        g[1:] = lab[1:] = torch.tensor(lm.config.speech_zeroemb_idx)[:, None]
+        out.append((g, lab))
+    return out
+
+
+def run(tmp_path, name, lm, ex, batch=2, shuffle=True, **kw):
+    settings = dict(output=str(tmp_path / name), max_steps=4, lr=1e-3, progress=False, save_every=100,
+                    schedule="cosine", warmup_ratio=0.25, batch_size=batch)
+    settings.update(kw)
+    cfg = make_config(**settings)
+    data = ExampleBatches(ex, cfg.batch_size, lm.config.group_size, seed=1, shuffle=shuffle)
+    return train(cfg, model=lm, data=data)
+
+
+def test_overfits_one_batch(tmp_path):
+    lm = model()
+    ex = examples(lm)
+    recs = run(tmp_path, "o", lm, ex, batch=4, max_steps=25, lr=3e-3, schedule="constant", warmup_ratio=0.0)
+    first, last = recs[0]["loss"], recs[-1]["loss"]
+    assert last < 0.1 * first, (first, last)
+    lines = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 26))
+    keys = {"step", "loss", "loss_text", "lr", "grad_norm", "tokens_per_s", "memory"} | {
+        f"loss_audio_{c}" for c in range(lm.config.audio_channels)}
+    assert keys <= set(lines[0]) and lines[0]["tokens_per_s"] > 0
+
+
+def test_pt1_freezes_the_patch_decoder_and_uses_the_text_loss(tmp_path):
+    lm = model()
+    before = {k: v.clone() for k, v in lm.state_dict().items()}
+    recs = run(tmp_path, "p", lm, examples(lm), stage="pt1", max_steps=3)
+    after = lm.state_dict()
+    changed = {module_group(k) for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"encoder", "llm"}
+    for k in before:
+        if module_group(k) == "decoder":
+            assert torch.equal(before[k], after[k]), k
+    assert all(r["loss"] == r["loss_text"] for r in recs)
+
+
+def test_param_groups_follow_the_stage_ratios():
+    cfg = make_config(stage="sft", lr=2e-5)
+    assert cfg.lrs() == pytest.approx({"encoder": 1e-4, "llm": 2e-5, "decoder": 1e-4})
+    assert make_config(stage="pt1").lrs()["decoder"] is None
+    from mimo_audio.train.trainer import decays, param_groups
+
+    lm = model()
+    groups = {g["name"]: g for g in param_groups(lm, cfg)}
+    assert groups["llm-nodecay"]["weight_decay"] == 0.0 and groups["llm"]["weight_decay"] == cfg.weight_decay
+    names = {n for n, p in lm.named_parameters() if not decays(n, p)}
+    assert "backbone.layers.0.attn.qkv.bias" in names and "backbone.layers.0.norm1.weight" in names
+    assert "backbone.layers.0.attn.qkv.weight" not in names
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    ex = examples(model())
+    full = run(tmp_path, "full", model(), ex, max_steps=4)
+    # the same run stopped after step 2 (a checkpoint every 2 steps), then resumed with --resume
+    cut = run(tmp_path, "cut", model(), ex, max_steps=4, save_every=2, stop_after=2)
+    assert len(cut) == 2
+    rest = run(tmp_path, "cut", model(seed=5), ex, max_steps=4, save_every=2, resume=True)
+    got = [r["loss"] for r in cut + rest]
+    assert got == pytest.approx([r["loss"] for r in full], rel=1e-6)
+    assert run(tmp_path, "cut", model(), ex, max_steps=4, resume=True) == []  # finished: nothing to do
+
+
+def test_resume_ignores_incomplete_checkpoints(tmp_path):
+    ex = examples(model())
+    full = run(tmp_path, "full", model(), ex, max_steps=3)
+    run(tmp_path, "cut", model(), ex, max_steps=3, save_every=1, stop_after=1)
+    with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:  # a step logged after the last save, then killed
+        f.write(json.dumps({"step": 2, "loss": 0.0}) + "\n")
+    # a save killed before its marker: the temporary folder, and a step folder without complete.json
+    (tmp_path / "cut" / ".step-00000002.tmp").mkdir()
+    (tmp_path / "cut" / "step-00000002").mkdir()
+    rest = run(tmp_path, "cut", model(seed=5), ex, max_steps=3, save_every=1, resume=True)
+    assert [r["step"] for r in rest] == [2, 3]
+    # metrics.jsonl: one record per step, those after the checkpoint redone, not repeated
+    lines = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3]
+    assert [r["loss"] for r in rest] == pytest.approx([r["loss"] for r in full[1:]], rel=1e-6)
+
+
+def test_export_round_trip(tmp_path):
+    lm = model()
+    run(tmp_path, "e", lm, examples(lm), max_steps=2)
+    loaded = MimoAudioLM.from_pretrained(tmp_path / "e" / "final", empty_id=EMPTY)
+    grid = random_grid(lm, 6, seed=9)[None]
+    lm.eval()
+    with torch.no_grad():
+        a, b = lm(grid).text_logits, loaded(grid).text_logits
+    assert torch.equal(a, b)
+
+
+def test_lora_trains_adapters_and_merges(tmp_path):
+    peft = pytest.importorskip("peft")
+    lm = model()
+    base = tmp_path / "base"
+    from mimo_audio.train.export import export_released
+
+    export_released(lm.config, lm.state_dict(), base)
+    start = MimoAudioLM.from_pretrained(base, empty_id=EMPTY)
+    start.empty_id = EMPTY
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    run(tmp_path, "l", start, examples(lm), max_steps=3, lora=4, lr=1e-2, model=str(base))
+    # only adapters trained: the base weights are untouched
+    for k, v in start.state_dict().items():
+        if "lora_" not in k:
+            assert torch.equal(v, before[k.replace("base_model.model.", "").replace(".base_layer", "")]), k
+    adapter = tmp_path / "l" / "final"
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
+    from mimo_audio.train.lora import merge
+
+    merge(tmp_path / "l", tmp_path / "merged")
+    merged = MimoAudioLM.from_pretrained(tmp_path / "merged", empty_id=EMPTY)
+    unmerged = peft.PeftModel.from_pretrained(MimoAudioLM.from_pretrained(base, empty_id=EMPTY), str(adapter)).eval()
+    grid = random_grid(lm, 6, seed=3)[None]
+    with torch.no_grad():
+        a, b, c = merged(grid), unmerged(grid), MimoAudioLM.from_pretrained(base, empty_id=EMPTY)(grid)
+    torch.testing.assert_close(a.text_logits, b.text_logits, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(a.text_logits, c.text_logits)  # the adapter changed the model
+
+
+def test_bad_configs_fail_before_step_1(tmp_path):
+    with pytest.raises(TrainConfigError, match="stage"):
+        make_config(stage="pt3")
+    with pytest.raises(TrainConfigError, match="lora"):
+        make_config(stage="pt1", lora=8)
+    with pytest.raises(TrainConfigError, match="does not exist"):
+        train(make_config(data=str(tmp_path / "missing"), output=str(tmp_path / "x")), model=model())
+    with pytest.raises(TrainConfigError, match="task"):
+        make_config(tasks="no-such-task:1")  # without the task table, or unknown to it
+    lm = model()
+    with pytest.raises(TrainConfigError, match="positions"):
+        run(tmp_path, "long", lm, examples(lm, groups=lm.config.max_position_embeddings + 2))
+    run(tmp_path, "once", lm, examples(lm), max_steps=1)
+    with pytest.raises(TrainConfigError, match="--resume"):
+        run(tmp_path, "once", model(), examples(lm), max_steps=1)
+
+
+def _worker(rank, world, init, ex, out, kw):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        lm = model()
+        cfg = make_config(**kw)
+        data = ExampleBatches(ex, cfg.batch_size, lm.config.group_size, rank=rank, world=world, shuffle=False)
+        recs = train(cfg, model=lm, data=data)
+        if rank == 0:
+            torch.save([r["loss"] for r in recs], out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_two_ranks_equal_one(tmp_path):
+    # micro-batches in order: speech, text-only, speech, text-only: rank 1 never runs the patch encoder/decoder
+    # on its own data (the loss still puts them in its graph, or the ranks' gradient reductions would not match)
+    sp = examples(model(), n=4)
+    tx = text_only(model(), examples(model(), n=4, seed=10))
+    ex = sp[:2] + tx[:2] + sp[2:] + tx[2:]
+    kw = dict(max_steps=5, lr=1e-3, progress=False, save_every=100, batch_size=2, warmup_ratio=0.2)
+    one = run(tmp_path, "one", model(), ex, grad_accum=2, shuffle=False, **kw)
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "two.pt"
+    mp.spawn(_worker, args=(2, f"file://{tmp_path / 'pg'}", ex, str(out), dict(kw, output=str(tmp_path / "two"))),
+             nprocs=2, join=True)
+    two = torch.load(out)
+    assert two == pytest.approx([r["loss"] for r in one], rel=1e-4)
+    # the sharded run exports the same released layout
+    assert MimoAudioLM.from_pretrained(tmp_path / "two" / "final", empty_id=EMPTY) is not None
+
+
+def test_cli_train_with_a_config_file(tmp_path):
+    lm = model()
+    base = tmp_path / "base"
+    from mimo_audio.train.export import export_released
+
+    export_released(lm.config, lm.state_dict(), base)
+    save_examples(tmp_path / "ex.safetensors", examples(lm))
+    (tmp_path / "c.toml").write_text('stage = "sft"\nmax-steps = 50\nbatch-size = 2\nlr = 1e-3\n')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "mimo_audio.train", "--model", str(base), "--data", str(tmp_path / "ex.safetensors"),
+           "--config", str(tmp_path / "c.toml"), "--max-steps", "2", "--output", str(tmp_path / "r"),
+           "--device", "cpu", "--val-data", str(tmp_path / "ex.safetensors"), "--val-every", "2"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "empty" in p.stderr  # no tokenizer.json: the <|empty|> id is unknown
+    cmd += ["--empty-id", str(EMPTY)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "loss" in r] == [1, 2]  # the flag overrode the file's max-steps
+    val = [r for r in lines if "val_loss" in r]
+    assert [r["step"] for r in val] == [2] and val[0]["val_loss"] > 0
+    p = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "already finished" in p.stderr
+    # the last checkpoint (step 2 = the final weights) exported on request equals final/
+    from mimo_audio.cli import main
+
+    assert main(["train", "export", str(tmp_path / "r"), "-o", str(tmp_path / "exp")]) == 0
+    grid = random_grid(lm, 5, seed=4)[None]
+    with torch.no_grad():
+        a = MimoAudioLM.from_pretrained(tmp_path / "exp", empty_id=EMPTY)(grid).text_logits
+        b = MimoAudioLM.from_pretrained(tmp_path / "r" / "final", empty_id=EMPTY)(grid).text_logits
+        c = MimoAudioLM.from_pretrained(base, empty_id=EMPTY)(grid).text_logits
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert main(["train", "export", str(tmp_path / "r"), "--step", "1", "-o", str(tmp_path / "x")]) == 2
+
+
+def test_shipped_configs_parse():
+    from importlib.resources import files
+
+    from mimo_audio.train.config import read_config_file
+
+    folder = files("mimo_audio.train") / "configs"
+    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".toml"))
+    assert names == ["lora-sft-instruct.toml", "pt1.toml", "pt2.toml", "sft.toml"]
+    stages = {n: make_config(read_config_file(str(folder / n))) for n in names}
+    assert stages["pt1.toml"].stage == "pt1" and stages["lora-sft-instruct.toml"].lora == 16
+
+
+def test_config_file_errors_and_flags_override(tmp_path):
+    from mimo_audio.train.cli import build_parser, config_from_args
+
+    f = tmp_path / "c.toml"
+    f.write_text('stage = "pt2"\nmax-steps = 7\nbogus = 1\n')
+    with pytest.raises(TrainConfigError, match="unknown setting 'bogus'"):
+        config_from_args(build_parser().parse_args(["--config", str(f)]))
+    f.write_text('stage = "pt2"\nmax-steps = 7\nlr = 1e-4\n')
+    cfg = config_from_args(build_parser().parse_args(["--config", str(f), "--max-steps", "3"]))
+    assert (cfg.stage, cfg.max_steps, cfg.lr) == ("pt2", 3, 1e-4)
+    from mimo_audio.train.config import parse_tasks
+
+    assert parse_tasks("asr:1,tts:2") == {"asr": 1.0, "tts": 2.0}
+    with pytest.raises(TrainConfigError, match="NAME:WEIGHT"):
+        parse_tasks("asr:x")
+    f.write_text('stage = "pt2"\nmax-steps = \n')
+    with pytest.raises(TrainConfigError, match="c.toml"):
+        config_from_args(build_parser().parse_args(["--config", str(f)]))
+
+
+def test_activation_checkpointing_gives_the_same_steps(tmp_path):
+    lm = model()
+    ex = examples(lm)
+    plain = run(tmp_path, "a", model(), ex, max_steps=2)
+    ckpt = run(tmp_path, "b", model(), ex, max_steps=2, activation_checkpointing=True)
+    assert [r["loss"] for r in ckpt] == pytest.approx([r["loss"] for r in plain], rel=1e-6)
