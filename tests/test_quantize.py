@@ -74,6 +74,10 @@ def test_cli_refuses_an_impossible_scheme_on_one_line(monkeypatch, capsys, fixtu
                "--tokenizer", str(fixture_path / "tokenizer"), "--device", "cpu", "--quantize", "int4"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "schemes that work here: int8" in err, err
+    rc = main(["serve", "--model", str(fixture_path / "lm"), "--tokenizer", str(fixture_path / "tokenizer"),
+               "--device", "cpu", "--quantize", "int4", "--no-warmup"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "schemes that work here: int8" in err, err
 
 
 def test_missing_torchao_says_how_to_install(monkeypatch):

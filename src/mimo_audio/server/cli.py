@@ -137,9 +137,9 @@ def run_serve(args) -> int:
     try:
         mimo = MimoAudio.from_pretrained(args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype,
                                          compile=args.compile, quantize=args.quantize)
-    except (MimoAudioError, OSError) as exc:
+    except (MimoAudioError, OSError) as exc:  # a checkpoint or option the user gave: exit 2, as every command
         print(f"mimo-audio serve: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
+        return 2
     app = create_app(mimo, settings)
     # uvicorn's own access log is replaced by ours (method, path, status, duration).
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
