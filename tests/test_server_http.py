@@ -745,8 +745,13 @@ def test_client_disconnect_cancels_a_non_streaming_request(path, kwargs, caplog)
     caplog.set_level(logging.INFO, logger="mimo_audio.server")
     fake = FakeBackend(step_s=0.2)
     with LiveServer(create_app(fake, ServerSettings(transcription_chunk_seconds=1.0))) as srv:
+        # the client gives up after 0.8 s: well after the batch started (the body is parsed off the event loop and
+        # the audio admitted first, which takes a moment on a busy machine), well before its 1.6 s end
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(srv.url + path, timeout=httpx.Timeout(30, read=0.3), **kwargs)
+            httpx.post(srv.url + path, timeout=httpx.Timeout(30, read=0.8), **kwargs)
+        deadline = time.monotonic() + 5
+        while not fake.batches and time.monotonic() < deadline:
+            time.sleep(0.02)
         rows = fake.batches[0]
         _wait_for_cancels(fake, rows)
         assert sorted(fake.cancelled) == list(range(rows))
