@@ -133,6 +133,11 @@ def check_tasks(tasks: dict[str, float]) -> None:
             table.get_task(name)
         except Exception as exc:  # the table's own error names the known tasks
             raise TrainConfigError(f"unknown task {name!r} in --tasks: {exc}") from None
+    # known names, but the trainer reads example files (train.data) and not yet the prepared shards whose records the
+    # mixture would draw from: refuse rather than silently train on something else
+    raise TrainConfigError("--tasks picks a mixture from prepared shards (mimo-audio data prepare), which the trainer "
+                           "does not read yet; train on example files (mimo_audio.train.data.save_examples) without "
+                           "--tasks")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
