@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .tasks import EvalContext, _describe, _prepare, _run, _safe, failed
+from .tasks import EvalContext, _describe, _generate, _safe, failed
 
 KINDS = ("transcribe", "speak", "understand")
 
@@ -28,14 +28,10 @@ def process_bulk(kind: str, mimo, items: list[dict], *, gen: dict, audio_dir: Pa
             kws.append({"audio": it["audio"], "question": q} if it.get("audio") is not None and q else None)
     need = {"transcribe": "'audio'", "speak": "a non-empty 'text'",
             "understand": "'audio' and a 'question' (or --question)"}[kind]
-    reqs, fails = _prepare(ctx, kind, kws)
-    replies = _run(ctx, reqs)
     out = []
     audio_dir.mkdir(parents=True, exist_ok=True)
-    for it, kw, fail, reply in zip(items, kws, fails, replies):
-        if kw is None:
-            out.append(failed(f"the item needs {need}"))
-        elif fail is not None:
+    for it, kw, fail, reply in _generate(ctx, kind, items, kws, f"the item needs {need}"):
+        if fail is not None:
             out.append(fail)
         elif kind == "speak":
             if reply.audio is None or reply.audio.numel() == 0:

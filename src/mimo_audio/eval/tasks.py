@@ -85,6 +85,16 @@ def _run(ctx: EvalContext, reqs: list) -> list:
     return [next(out) if r is not None else None for r in reqs]
 
 
+def _generate(ctx: EvalContext, task: str, items: list, kwargs_list: list[dict | None], missing: str):
+    """``(item, kwargs, failure, reply)`` per item, in order: items without kwargs (``None``: the item lacks what
+    the task needs) fail with ``missing``, items ``prepare`` refuses fail with its error, the rest run as one
+    batch; ``failure`` is None where ``reply`` is set."""
+    reqs, fails = _prepare(ctx, task, kwargs_list)
+    replies = _run(ctx, reqs)
+    for it, kw, fail, reply in zip(items, kwargs_list, fails, replies):
+        yield it, kw, (failed(missing) if kw is None else fail), reply
+
+
 def _save(ctx: EvalContext, item: dict, wav, rate: int, suffix: str = "") -> str:
     from ..audio import save_audio
 
@@ -160,13 +170,9 @@ class ASR(Task):
                 kws.append(None)
             else:
                 kws.append({"audio": it["audio"], "language": _language(it, ref)})
-        reqs, fails = _prepare(ctx, "transcribe", kws)
-        replies = _run(ctx, reqs)
         out = []
-        for it, kw, fail, reply in zip(items, kws, fails, replies):
-            if kw is None:
-                out.append(failed("the item needs 'audio' and a non-empty 'text' (the reference transcript)"))
-                continue
+        for it, kw, fail, reply in _generate(ctx, "transcribe", items, kws,
+                                             "the item needs 'audio' and a non-empty 'text' (the reference transcript)"):
             if fail is not None:
                 out.append(fail)
                 continue
@@ -216,13 +222,9 @@ class TTS(Task):
             if use_voice and it.get("voice") is not None:
                 kw["voice"] = it["voice"]
             kws.append(kw)
-        reqs, fails = _prepare(ctx, "speak", kws)
-        replies = _run(ctx, reqs)
         out = []
-        for it, kw, fail, reply in zip(items, kws, fails, replies):
-            if kw is None:
-                out.append(failed("the item needs a non-empty 'text' to speak"))
-                continue
+        for it, _kw, fail, reply in _generate(ctx, "speak", items, kws,
+                                             "the item needs a non-empty 'text' to speak"):
             if fail is not None:
                 out.append(fail)
                 continue
@@ -339,14 +341,10 @@ class FewShotS2S(Task):
                 continue
             kws.append({"examples": ex, "audio": it["audio"],
                         "instruction": it.get("instruction", self.default_instruction)})
-        reqs, fails = _prepare(ctx, "few_shot", kws)
-        replies = _run(ctx, reqs)
         out = []
-        for it, kw, fail, reply in zip(items, kws, fails, replies):
-            if kw is None:
-                out.append(failed("the item needs 'audio' and a non-empty list 'examples' of {input, output, "
-                                  "transcript}"))
-                continue
+        for it, _kw, fail, reply in _generate(ctx, "few_shot", items, kws,
+                                             "the item needs 'audio' and a non-empty list 'examples' of "
+                                             "{input, output, transcript}"):
             if fail is not None:
                 out.append(fail)
                 continue
@@ -423,13 +421,9 @@ class MCQ(Task):
                             "examples": few_shot_examples(ctx.options["all_items"], it, shots)})
             else:
                 kws.append({"audio": it["audio"], "question": mcq_question(it, fmt), "thinking": thinking})
-        reqs, fails = _prepare(ctx, "audio_qa" if shots else "understand", kws)
-        replies = _run(ctx, reqs)
         out = []
-        for it, kw, fail, reply in zip(items, kws, fails, replies):
-            if kw is None:
-                out.append(failed("the item needs 'audio', 'question', a list 'choices' and the 'answer' string"))
-                continue
+        for it, _kw, fail, reply in _generate(ctx, "audio_qa" if shots else "understand", items, kws,
+                                             "the item needs 'audio', 'question', a list 'choices' and the 'answer' string"):
             if fail is not None:
                 out.append(fail)
                 continue
@@ -480,13 +474,9 @@ class Dialogue(Task):
             if reply_kind == "speech" and it.get("voice") is not None:
                 kw["voice"] = it["voice"]
             kws.append(kw)
-        reqs, fails = _prepare(ctx, "chat", kws)
-        replies = _run(ctx, reqs)
         out = []
-        for it, kw, fail, reply in zip(items, kws, fails, replies):
-            if kw is None:
-                out.append(failed("the item needs a 'reference' answer and 'audio' or 'question'"))
-                continue
+        for it, _kw, fail, reply in _generate(ctx, "chat", items, kws,
+                                             "the item needs a 'reference' answer and 'audio' or 'question'"):
             if fail is not None:
                 out.append(fail)
                 continue
