@@ -174,3 +174,15 @@ class FakeStream:
                                       self.backend.sample_rate, None, "length", 10, r.steps)
                 yield i, FakePiece(text, audio, done, reply, i)
             self._step += 1
+
+
+def assert_openai_error(resp, status, param=None):
+    """``resp`` is an error in OpenAI's shape with ``status`` (and ``param`` when given); returns its error object."""
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["message"]
+    if param is not None:
+        assert body["error"]["param"] == param, body
+    return body["error"]

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from mimo_audio.server import ServerSettings, create_app
-from server_helpers import FakeBackend, LiveServer, wav_bytes
+from server_helpers import FakeBackend, LiveServer, assert_openai_error, wav_bytes
 
 MODEL = "mimo-audio"
 
@@ -31,15 +31,6 @@ def server(fake):
 def client(server):
     with httpx.Client(base_url=server.url, timeout=30) as c:
         yield c
-
-
-def assert_openai_error(resp, status, param=None):
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    if param is not None:
-        assert body["error"]["param"] == param, body
-    return body["error"]
 
 
 # ------------------------------------------------------------------------------------------- item 3

@@ -22,7 +22,7 @@ import soundfile as sf
 from mimo_audio.batch import Reply
 from mimo_audio.server import ServerSettings, create_app
 from mimo_audio.server.media import split_at_silences
-from server_helpers import FakeBackend, FakePiece, LiveServer, wav_bytes
+from server_helpers import FakeBackend, FakePiece, LiveServer, assert_openai_error, wav_bytes
 
 MODEL = "mimo-audio"
 
@@ -43,17 +43,6 @@ def server(fake):
 def client(server):
     with httpx.Client(base_url=server.url, timeout=30) as c:
         yield c
-
-
-def assert_openai_error(resp, status, param=None):
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    assert body["error"]["message"]
-    if param is not None:
-        assert body["error"]["param"] == param
-    return body["error"]
 
 
 def sse_events(text: str) -> list:
