@@ -189,7 +189,6 @@ class GenerationStream:
         self.dev = lm.device
         self.rows: list[_Row] = []
         self.slots: list[_Row | None] = []
-        self.steps = 0
         self._cancel: set[int] = set()
         self._dirty = True
         self._bsteps: dict[int, object] = {}
@@ -293,10 +292,6 @@ class GenerationStream:
     def finished(self) -> bool:
         return all(r.done for r in self.rows)
 
-    @property
-    def count(self) -> list[int]:
-        return [r.count for r in self.rows]
-
     def outputs(self) -> list[torch.Tensor]:
         return [r.out[:, : self.G * r.count] for r in self.rows]
 
@@ -367,7 +362,7 @@ class GenerationStream:
                 for r in live:
                     if r.gen is not None:
                         self.u[r.slot].uniform_(generator=r.gen)
-            logits = lm.lm_head(self.h).float()
+            logits = lm.lm_head(self.h)  # the sampler works in float32 (and casts only when needed)
             tok = self.text_sampler(logits, self._text_ban(), None if self.u is None else self.u[:, 0])
             host = tok.tolist()  # the one host sync of this group
             speech = [t == e for t in host]
@@ -380,7 +375,6 @@ class GenerationStream:
             group = torch.empty(len(self.slots), self.C + 1, self.G, dtype=torch.long, device=self.dev)
             group[:, 0] = tok[:, None]
             group[:, 1:] = self.empty_codes[:, None] if codes is None else codes.transpose(1, 2)
-            self.steps += 1
             groups = group.unbind(0)
             results: list[torch.Tensor | None] = [None] * len(self.rows)
             for r in live:
