@@ -51,3 +51,16 @@ def random_grid(lm: MimoAudioLM, groups: int, seed: int = 0, speech_every: int =
             grid[0, n * G] = int(torch.randint(0, EMPTY, (1,), generator=g))
             grid[1:, cols] = torch.tensor(c.speech_zeroemb_idx)[:, None]
     return grid
+
+
+def greedy_pick(lm: MimoAudioLM, seen: list | None = None):
+    """A patch-decoder ``pick`` that takes the argmax with each active channel's empty id banned (the delay plan's
+    ban); the logits it was given are appended to ``seen`` when a list is passed."""
+    plan = lm.delay_plan(lm.device)
+
+    def pick(p, logits):
+        if seen is not None:
+            seen.append(logits.clone())
+        return (logits + plan[p][2]).argmax(-1)
+
+    return pick

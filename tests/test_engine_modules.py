@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lm_helpers import EMPTY, random_grid, tiny_lm
+from lm_helpers import EMPTY, greedy_pick, random_grid, tiny_lm
 from mimo_audio.config import LMConfig
 from mimo_audio.generate import GenerationConfig, generate, stream_generate
 from mimo_audio.lm import MimoAudioLM
@@ -82,13 +82,13 @@ def test_a_low_rank_delta_changes_forward_and_decoding_consistently():
     first = torch.randn(3, lm.config.local_dim)
     with torch.no_grad():
         before = lm(grid[None], empty_id=EMPTY).text_logits
-        codes_before = lm.decode_patch(first, _greedy_pick(lm, []))
+        codes_before = lm.decode_patch(first, greedy_pick(lm, []))
     lm.patch_decoder.layers[0].attn.qkv = LowRank(lm.patch_decoder.layers[0].attn.qkv)
     lm.backbone.layers[1].mlp.down = LowRank(lm.backbone.layers[1].mlp.down, seed=1)
     seen = []
     with torch.no_grad():
         after = lm(grid[None], empty_id=EMPTY).text_logits
-        codes = lm.decode_patch(first, _greedy_pick(lm, seen))
+        codes = lm.decode_patch(first, greedy_pick(lm, seen))
         tf = lm.decode_teacher_forced(first, codes)
     assert not torch.allclose(before, after, atol=1e-3)
     assert not torch.equal(codes, codes_before)
@@ -103,18 +103,8 @@ def test_a_low_rank_delta_changes_forward_and_decoding_consistently():
     out = generate(lm, [grid], _audio_config(lm, 1), empty_id=EMPTY, greedy=True)[0]
     with torch.no_grad():
         full = lm(grid[None], empty_id=EMPTY)
-        want = lm.decode_patch(full.local_inputs[:, -1], _greedy_pick(lm, []))
+        want = lm.decode_patch(full.local_inputs[:, -1], greedy_pick(lm, []))
     assert torch.equal(out[1:].T, want[0])
-
-
-def _greedy_pick(lm, seen):
-    plan = lm.delay_plan(lm.device)
-
-    def pick(p, logits):
-        seen.append(logits.clone())
-        return (logits + plan[p][2]).argmax(-1)
-
-    return pick
 
 
 def test_a_row_added_mid_stream_yields_what_it_yields_alone():

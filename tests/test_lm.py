@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lm_helpers import EMPTY, random_grid, tiny_lm
+from lm_helpers import EMPTY, greedy_pick, random_grid, tiny_lm
 from mimo_audio import CheckpointError, MimoAudioLM
 from mimo_audio.delay import delay_schedule
 from mimo_audio.lm import key_table, released_state_dict
@@ -132,12 +132,7 @@ def test_teacher_forced_logits_equal_greedy_decoding():
     lm = tiny_lm(seed=3)
     first = torch.randn(5, lm.config.local_dim)
     seen = []
-    plan = lm.delay_plan(lm.device)
-
-    def pick(p, logits):
-        seen.append(logits.clone())
-        return (logits + plan[p][2]).argmax(-1)
-
+    pick = greedy_pick(lm, seen)
     with torch.no_grad():
         codes = lm.decode_patch(first, pick)
         tf = lm.decode_teacher_forced(first, codes)
@@ -177,16 +172,11 @@ def test_patch_decoder_samplers_see_the_empty_ids_and_ban_them_after_top_p():
     lm = tiny_lm(seed=4)
     first = torch.randn(2, lm.config.local_dim)
     seen = []
-    plan = lm.delay_plan(lm.device)
-
-    def pick(p, logits):
-        seen.append(logits.clone())
-        return (logits + plan[p][2]).argmax(-1)
-
+    pick = greedy_pick(lm, seen)
     with torch.no_grad():
         lm.decode_patch(first, pick)
     for p, step in enumerate(delay_schedule(lm.config.delay_pattern, lm.config.group_size)):
-        chans, _flat, ban = plan[p]
+        chans, _flat, ban = lm.delay_plan(lm.device)[p]
         assert chans == [ch for ch, _ in step]
         for j, ch in enumerate(chans):
             empty = lm.config.speech_zeroemb_idx[ch]
