@@ -131,9 +131,7 @@ class KVCache:
     made by :meth:`step`.
     """
 
-    def __init__(self, layers: int, batch: int, q_heads: int, kv_heads: int, capacity: int, head_dim: int, *,
-                 dtype, device):
-        self.q_heads, self.kv_heads = q_heads, kv_heads
+    def __init__(self, layers: int, batch: int, kv_heads: int, capacity: int, head_dim: int, *, dtype, device):
         self.kv = torch.zeros(layers, batch, 2 * kv_heads, capacity, head_dim, dtype=dtype, device=device)
 
     @property
@@ -151,14 +149,13 @@ class KVCache:
     def rows(self, start: int, stop: int) -> KVCache:
         """A view of rows ``start:stop`` (writes go to this cache)."""
         view = KVCache.__new__(KVCache)
-        view.q_heads, view.kv_heads, view.kv = self.q_heads, self.kv_heads, self.kv[:, start:stop]
+        view.kv = self.kv[:, start:stop]
         return view
 
     def resized(self, batch: int, capacity: int) -> KVCache:
         """A new cache with at least this many rows and positions, holding this one's entries."""
         L, B, H2, T, D = self.kv.shape
-        new = KVCache(L, max(batch, B), self.q_heads, H2 // 2, max(capacity, T), D, dtype=self.kv.dtype,
-                      device=self.kv.device)
+        new = KVCache(L, max(batch, B), H2 // 2, max(capacity, T), D, dtype=self.kv.dtype, device=self.kv.device)
         new.kv[:, :B, :, :T] = self.kv
         return new
 
@@ -182,7 +179,7 @@ class CacheStep:
         B, T = positions.shape
         _, _, H2, _, D = cache.kv.shape
         index = positions.view(B, 1, T, 1).expand(B, H2, T, D)
-        self.layers = [_RowKV(cache.kv[i], index, cache.q_heads, keys) for i in range(cache.kv.shape[0])]
+        self.layers = [_RowKV(cache.kv[i], index, keys) for i in range(cache.kv.shape[0])]
         self._keys = torch.arange(keys, device=positions.device) if mask else None
         self.mask = None
         self.refresh()
@@ -197,7 +194,7 @@ class _RowKV:
     __slots__ = ("kv", "index", "kvh", "k_read", "v_read")
     slot = None
 
-    def __init__(self, kv: torch.Tensor, index: torch.Tensor, q_heads: int, keys: int):
+    def __init__(self, kv: torch.Tensor, index: torch.Tensor, keys: int):
         self.kv, self.index = kv, index
         self.kvh = kvh = kv.shape[1]
         self.v_read, self.k_read = kv[:, : kvh // 2, :keys], kv[:, kvh // 2:, :keys]
@@ -238,9 +235,6 @@ class _ScheduleStep:
         K = cache.kv_heads
         self.layers = [_FixedKV(h[:, :, p: p + 1], h[:, 2 * K:, p: p + 1], h[:, K: 2 * K, : p + 1], h[:, :K, : p + 1])
                        for h in cache.heads]
-
-    def refresh(self) -> None:
-        pass
 
 
 class _FixedKV:

@@ -366,8 +366,7 @@ class MimoAudioLM(nn.Module):
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         """An empty backbone cache for ``batch`` rows of ``capacity`` positions each."""
         s = self.backbone.cfg
-        return KVCache(s.layers, batch, s.heads, s.kv_heads, capacity, s.head_dim, dtype=self.dtype,
-                       device=self.device)
+        return KVCache(s.layers, batch, s.kv_heads, capacity, s.head_dim, dtype=self.dtype, device=self.device)
 
     def decoder_steps(self, batch: int) -> list:
         """The patch decoder's cache for ``batch`` rows, one step per decoder position (step ``p`` writes position
