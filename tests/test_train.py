@@ -298,3 +298,60 @@ def test_activation_checkpointing_gives_the_same_steps(tmp_path):
     plain = run(tmp_path, "a", model(), ex, max_steps=2)
     ckpt = run(tmp_path, "b", model(), ex, max_steps=2, activation_checkpointing=True)
     assert [r["loss"] for r in ckpt] == pytest.approx([r["loss"] for r in plain], rel=1e-6)
+
+
+def test_yaml_config_file_and_flags_override(tmp_path, monkeypatch):
+    from mimo_audio.train.cli import build_parser, config_from_args
+
+    f = tmp_path / "c.yaml"
+    f.write_text("stage: pt2\nmax-steps: 7\nlr: 1.0e-4\ntasks: {asr: 1, tts: 2}\nlora_targets: [a, b]\n"
+                 "tracker: tensorboard\n")
+    cfg = config_from_args(build_parser().parse_args(["--config", str(f), "--max-steps", "3", "--tasks", "asr:5"]))
+    assert (cfg.stage, cfg.max_steps, cfg.lr, cfg.tasks) == ("pt2", 3, 1e-4, {"asr": 5.0})  # flags win
+    assert cfg.lora_targets == ("a", "b") and cfg.tracker == "tensorboard"
+    cfg = config_from_args(build_parser().parse_args(["--config", str(f)]))
+    assert (cfg.max_steps, cfg.tasks) == (7, {"asr": 1.0, "tts": 2.0})
+    (tmp_path / "same.toml").write_text('stage = "pt2"\nmax-steps = 7\nlr = 1e-4\ntasks = {asr = 1, tts = 2}\n'
+                                        'lora_targets = ["a", "b"]\ntracker = "tensorboard"\n')
+    assert config_from_args(build_parser().parse_args(["--config", str(tmp_path / "same.toml")])) == cfg
+    for text, match in (("bogus: 1\n", "unknown setting 'bogus'"), ("- stage\n", "must be a mapping"),
+                        ("stage: [\n", "c.yaml")):
+        f.write_text(text)
+        with pytest.raises(TrainConfigError, match=match):
+            config_from_args(build_parser().parse_args(["--config", str(f)]))
+    (tmp_path / "c.json").write_text("{}")
+    with pytest.raises(TrainConfigError, match=r"\.toml, \.yaml or \.yml"):
+        config_from_args(build_parser().parse_args(["--config", str(tmp_path / "c.json")]))
+    monkeypatch.setitem(sys.modules, "yaml", None)  # PyYAML not installed
+    f.write_text("stage: pt2\n")
+    with pytest.raises(TrainConfigError, match="PyYAML: pip install"):
+        config_from_args(build_parser().parse_args(["--config", str(f)]))
+
+
+def test_tensorboard_writes_the_per_step_scalars(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mimo_audio.train.cli import build_parser, config_from_args
+
+    assert config_from_args(build_parser().parse_args(["--tensorboard"])).tracker == "tensorboard"
+    lm = model()
+    ex = examples(lm)
+    save_examples(tmp_path / "v.safetensors", ex)
+    recs = run(tmp_path, "tb", lm, ex, max_steps=3, tracker="tensorboard", val_every=2,
+               val_data=str(tmp_path / "v.safetensors"))
+    events = list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    acc = EventAccumulator(str(events[0]))
+    acc.Reload()
+    loss = acc.Scalars("train/loss")
+    assert [e.step for e in loss] == [1, 2, 3]
+    assert [e.value for e in loss] == pytest.approx([r["loss"] for r in recs], rel=1e-6)
+    assert {"train/loss_text", "train/loss_audio_0", "train/lr", "train/grad_norm", "train/tokens_per_s",
+            "train/memory", "val/loss"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("val/loss")] == [2]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # tensorboard not installed
+    with pytest.raises(TrainConfigError, match="needs the tensorboard package"):
+        make_config(tracker="tensorboard")
+    with pytest.raises(TrainConfigError, match="unknown tracker"):
+        make_config(tracker="wandb")
