@@ -355,3 +355,48 @@ def test_tensorboard_writes_the_per_step_scalars(tmp_path, monkeypatch):
         make_config(tracker="tensorboard")
     with pytest.raises(TrainConfigError, match="unknown tracker"):
         make_config(tracker="wandb")
+
+
+def test_adapter_folder_loads_for_serving_like_the_merged_folder(tmp_path, fixture_path, monkeypatch):
+    pytest.importorskip("peft")
+    import numpy as np
+
+    from mimo_audio.errors import CheckpointError
+    from mimo_audio.pipeline import MimoAudio
+    from mimo_audio.train.lora import merge
+
+    lm = MimoAudioLM.from_pretrained(fixture_path / "lm", device="cpu", dtype="float32")
+    run(tmp_path, "l", lm, examples(lm), max_steps=3, lora=4, lr=3e-2, model=str(fixture_path / "lm"))
+    merge(tmp_path / "l", tmp_path / "merged")
+    load = lambda m: MimoAudio.from_pretrained(m, fixture_path / "tokenizer", device="cpu")
+    adapter, merged, base = load(tmp_path / "l" / "final"), load(tmp_path / "merged"), load(fixture_path / "lm")
+    assert type(adapter.lm) is MimoAudioLM  # merged into the weights at load: no peft wrapper left
+    def speech(m):  # every generated group an audio patch (text ids but <|empty|> banned), as in test_pipeline
+        import dataclasses
+
+        req = m.prepare("speak", text="Hello there.", seed=1)
+        banned = tuple(i for i in range(m.lm.config.vocab_size) if i != m.ids.empty)
+        req.config = dataclasses.replace(req.config, banned_ids=banned, max_new_tokens=8)
+        return m.run([req])[0]
+
+    sa, sb, sc = (speech(m) for m in (adapter, merged, base))
+    assert sa.codes.shape[0] == 32 and torch.equal(sa.codes, sb.codes) and np.array_equal(sa.audio, sb.audio)
+    assert not torch.equal(sa.codes, sc.codes)
+    grid = random_grid(lm, 6, seed=3)[None]
+    with torch.no_grad():
+        a, b, c = (m.lm(grid).text_logits for m in (adapter, merged, base))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(a, c)  # the adapter changed the model
+    # errors name the fix: no base named, a base that is not there, no peft
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in (tmp_path / "l" / "final").iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    conf = json.loads((bad / "adapter_config.json").read_text())
+    for base_name, match in ((None, "names no base model"), (str(tmp_path / "gone"), "cannot be found")):
+        (bad / "adapter_config.json").write_text(json.dumps(dict(conf, base_model_name_or_path=base_name)))
+        with pytest.raises(CheckpointError, match=f"{match}.*train merge RUN -o FOLDER --base"):
+            load(bad)
+    monkeypatch.setitem(sys.modules, "peft", None)  # peft not installed
+    with pytest.raises(CheckpointError, match="needs peft: pip install"):
+        load(tmp_path / "l" / "final")
