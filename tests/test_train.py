@@ -400,3 +400,35 @@ def test_adapter_folder_loads_for_serving_like_the_merged_folder(tmp_path, fixtu
     monkeypatch.setitem(sys.modules, "peft", None)  # peft not installed
     with pytest.raises(CheckpointError, match="needs peft: pip install"):
         load(tmp_path / "l" / "final")
+
+
+def test_memory_benchmark_state_bytes_match_a_real_step(fixture_path):
+    """benchmarks/train_memory.py's model-state term equals the bytes a real optimizer step holds (1 process)."""
+    import importlib.util
+    from pathlib import Path
+
+    from mimo_audio.train.trainer import freeze_for_stage, param_groups
+
+    spec = importlib.util.spec_from_file_location("train_memory", Path(__file__).parents[1] / "benchmarks" /
+                                                  "train_memory.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for stage, lora in (("sft", 0), ("pt1", 0), ("sft", 4)):
+        cfg = make_config(stage=stage, lora=lora)
+        lm = model()
+        freeze_for_stage(lm, cfg)
+        net = lm
+        if lora:
+            pytest.importorskip("peft")
+            from mimo_audio.train.lora import add_lora
+
+            net = add_lora(lm, cfg)
+        opt = torch.optim.AdamW(param_groups(net, cfg))
+        g, lab = examples(lm, n=1)[0]
+        net(g[None], labels=lab[None], loss_weights=cfg.loss_weights()).loss.backward()
+        opt.step()
+        held = sum(p.numel() * p.element_size() for p in net.parameters())
+        held += sum(p.grad.numel() * p.grad.element_size() for p in net.parameters() if p.grad is not None)
+        held += sum(t.numel() * t.element_size() for s in opt.state.values() for k, t in s.items() if k != "step")
+        assert bench.state_bytes(net, 1) == held, (stage, lora)
+        assert bench.gathered_bytes(net, 1) == 0 and bench.state_bytes(net, 4) < held / 3
