@@ -270,6 +270,7 @@ def test_shipped_configs_parse():
     assert names == ["lora-sft-instruct.toml", "pt1.toml", "pt2.toml", "sft.toml"]
     stages = {n: make_config(read_config_file(str(folder / n))) for n in names}
     assert stages["pt1.toml"].stage == "pt1" and stages["lora-sft-instruct.toml"].lora == 16
+    assert all(c.tasks for c in stages.values())  # shard data needs a mixture; the names are checked by make_config
 
 
 def test_config_file_errors_and_flags_override(tmp_path):
@@ -304,7 +305,7 @@ def test_yaml_config_file_and_flags_override(tmp_path, monkeypatch):
     from mimo_audio.train.cli import build_parser, config_from_args
 
     f = tmp_path / "c.yaml"
-    f.write_text("stage: pt2\nmax-steps: 7\nlr: 1.0e-4\ntasks: {asr: 1, tts: 2}\nlora_targets: [a, b]\n"
+    f.write_text("stage: pt2\nmax-steps: 7\nlr: 1e-4\ntasks: {asr: 1, tts: 2}\nlora_targets: [a, b]\n"
                  "tracker: tensorboard\n")
     cfg = config_from_args(build_parser().parse_args(["--config", str(f), "--max-steps", "3", "--tasks", "asr:5"]))
     assert (cfg.stage, cfg.max_steps, cfg.lr, cfg.tasks) == ("pt2", 3, 1e-4, {"asr": 5.0})  # flags win

@@ -250,6 +250,13 @@ def make_config(file_settings: dict | None = None, **overrides) -> TrainConfig:
         if name in settings and isinstance(settings[name], (list, str)):
             v = settings[name]
             settings[name] = tuple(v.split(",")) if isinstance(v, str) else tuple(v)
+    for name, value in list(settings.items()):  # numbers written as strings (YAML reads 1e-5 as one)
+        kind = str(_FIELDS[name].type) if name in _FIELDS else ""
+        if isinstance(value, str) and (kind.startswith(("float", "int"))):
+            try:
+                settings[name] = int(value) if kind.startswith("int") else float(value)
+            except ValueError:
+                raise TrainConfigError(f"{name.replace('_', '-')}: {value!r} is not a number") from None
     try:
         cfg = TrainConfig(**settings)
     except TypeError as exc:
