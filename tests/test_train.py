@@ -398,6 +398,14 @@ def test_adapter_folder_loads_for_serving_like_the_merged_folder(tmp_path, fixtu
         (bad / "adapter_config.json").write_text(json.dumps(dict(conf, base_model_name_or_path=base_name)))
         with pytest.raises(CheckpointError, match=f"{match}.*train merge RUN -o FOLDER --base"):
             load(bad)
+    # the commands' --model takes it too (they load through MimoAudio.from_pretrained); a bad one exits 2
+    from mimo_audio.cli import main
+
+    clip = str(fixture_path / "audio" / "speech_0_24k.wav")
+    cmd = ["transcribe", "--tokenizer", str(fixture_path / "tokenizer"), "--device", "cpu", "--max-new-tokens", "4",
+           clip, "--model"]
+    assert main(cmd + [str(tmp_path / "l" / "final")]) == 0
+    assert main(cmd + [str(bad)]) == 2
     monkeypatch.setitem(sys.modules, "peft", None)  # peft not installed
     with pytest.raises(CheckpointError, match="needs peft: pip install"):
         load(tmp_path / "l" / "final")
