@@ -178,10 +178,9 @@ def test_bad_configs_fail_before_step_1(tmp_path):
         make_config(stage="pt1", lora=8)
     with pytest.raises(TrainConfigError, match="does not exist"):
         train(make_config(data=str(tmp_path / "missing"), output=str(tmp_path / "x")), model=model())
-    with pytest.raises(TrainConfigError, match="task"):
-        make_config(tasks="no-such-task:1")  # without the task table, or unknown to it
-    with pytest.raises(TrainConfigError, match="does not read yet"):  # known tasks: refused, not ignored
-        make_config(tasks="asr:1")
+    with pytest.raises(TrainConfigError, match="unknown task 'no-such-task'"):
+        make_config(tasks="no-such-task:1")
+    # (shard data and --tasks: tests/test_train_shards.py)
     lm = model()
     with pytest.raises(TrainConfigError, match="positions"):
         run(tmp_path, "long", lm, examples(lm, groups=lm.config.max_position_embeddings + 2))
@@ -271,6 +270,7 @@ def test_shipped_configs_parse():
     assert names == ["lora-sft-instruct.toml", "pt1.toml", "pt2.toml", "sft.toml"]
     stages = {n: make_config(read_config_file(str(folder / n))) for n in names}
     assert stages["pt1.toml"].stage == "pt1" and stages["lora-sft-instruct.toml"].lora == 16
+    assert all(c.tasks for c in stages.values())  # shard data needs a mixture; the names are checked by make_config
 
 
 def test_config_file_errors_and_flags_override(tmp_path):
@@ -299,3 +299,145 @@ def test_activation_checkpointing_gives_the_same_steps(tmp_path):
     plain = run(tmp_path, "a", model(), ex, max_steps=2)
     ckpt = run(tmp_path, "b", model(), ex, max_steps=2, activation_checkpointing=True)
     assert [r["loss"] for r in ckpt] == pytest.approx([r["loss"] for r in plain], rel=1e-6)
+
+
+def test_yaml_config_file_and_flags_override(tmp_path, monkeypatch):
+    from mimo_audio.train.cli import build_parser, config_from_args
+
+    f = tmp_path / "c.yaml"
+    f.write_text("stage: pt2\nmax-steps: 7\nlr: 1e-4\ntasks: {asr: 1, tts: 2}\nlora_targets: [a, b]\n"
+                 "tracker: tensorboard\n")
+    cfg = config_from_args(build_parser().parse_args(["--config", str(f), "--max-steps", "3", "--tasks", "asr:5"]))
+    assert (cfg.stage, cfg.max_steps, cfg.lr, cfg.tasks) == ("pt2", 3, 1e-4, {"asr": 5.0})  # flags win
+    assert cfg.lora_targets == ("a", "b") and cfg.tracker == "tensorboard"
+    cfg = config_from_args(build_parser().parse_args(["--config", str(f)]))
+    assert (cfg.max_steps, cfg.tasks) == (7, {"asr": 1.0, "tts": 2.0})
+    (tmp_path / "same.toml").write_text('stage = "pt2"\nmax-steps = 7\nlr = 1e-4\ntasks = {asr = 1, tts = 2}\n'
+                                        'lora_targets = ["a", "b"]\ntracker = "tensorboard"\n')
+    assert config_from_args(build_parser().parse_args(["--config", str(tmp_path / "same.toml")])) == cfg
+    for text, match in (("bogus: 1\n", "unknown setting 'bogus'"), ("- stage\n", "must be a mapping"),
+                        ("stage: [\n", "c.yaml")):
+        f.write_text(text)
+        with pytest.raises(TrainConfigError, match=match):
+            config_from_args(build_parser().parse_args(["--config", str(f)]))
+    (tmp_path / "c.json").write_text("{}")
+    with pytest.raises(TrainConfigError, match=r"\.toml, \.yaml or \.yml"):
+        config_from_args(build_parser().parse_args(["--config", str(tmp_path / "c.json")]))
+    monkeypatch.setitem(sys.modules, "yaml", None)  # PyYAML not installed
+    f.write_text("stage: pt2\n")
+    with pytest.raises(TrainConfigError, match="PyYAML: pip install"):
+        config_from_args(build_parser().parse_args(["--config", str(f)]))
+
+
+def test_tensorboard_writes_the_per_step_scalars(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mimo_audio.train.cli import build_parser, config_from_args
+
+    assert config_from_args(build_parser().parse_args(["--tensorboard"])).tracker == "tensorboard"
+    lm = model()
+    ex = examples(lm)
+    save_examples(tmp_path / "v.safetensors", ex)
+    recs = run(tmp_path, "tb", lm, ex, max_steps=3, tracker="tensorboard", val_every=2,
+               val_data=str(tmp_path / "v.safetensors"))
+    events = list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    acc = EventAccumulator(str(events[0]))
+    acc.Reload()
+    loss = acc.Scalars("train/loss")
+    assert [e.step for e in loss] == [1, 2, 3]
+    assert [e.value for e in loss] == pytest.approx([r["loss"] for r in recs], rel=1e-6)
+    assert {"train/loss_text", "train/loss_audio_0", "train/lr", "train/grad_norm", "train/tokens_per_s",
+            "train/memory", "val/loss"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("val/loss")] == [2]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # tensorboard not installed
+    with pytest.raises(TrainConfigError, match="needs the tensorboard package"):
+        make_config(tracker="tensorboard")
+    with pytest.raises(TrainConfigError, match="unknown tracker"):
+        make_config(tracker="wandb")
+
+
+def test_adapter_folder_loads_for_serving_like_the_merged_folder(tmp_path, fixture_path, monkeypatch):
+    pytest.importorskip("peft")
+    import numpy as np
+
+    from mimo_audio.errors import CheckpointError
+    from mimo_audio.pipeline import MimoAudio
+    from mimo_audio.train.lora import merge
+
+    lm = MimoAudioLM.from_pretrained(fixture_path / "lm", device="cpu", dtype="float32")
+    run(tmp_path, "l", lm, examples(lm), max_steps=3, lora=4, lr=3e-2, model=str(fixture_path / "lm"))
+    merge(tmp_path / "l", tmp_path / "merged")
+    load = lambda m: MimoAudio.from_pretrained(m, fixture_path / "tokenizer", device="cpu")
+    adapter, merged, base = load(tmp_path / "l" / "final"), load(tmp_path / "merged"), load(fixture_path / "lm")
+    assert type(adapter.lm) is MimoAudioLM  # merged into the weights at load: no peft wrapper left
+    def speech(m):  # every generated group an audio patch (text ids but <|empty|> banned), as in test_pipeline
+        import dataclasses
+
+        req = m.prepare("speak", text="Hello there.", seed=1)
+        banned = tuple(i for i in range(m.lm.config.vocab_size) if i != m.ids.empty)
+        req.config = dataclasses.replace(req.config, banned_ids=banned, max_new_tokens=8)
+        return m.run([req])[0]
+
+    sa, sb, sc = (speech(m) for m in (adapter, merged, base))
+    assert sa.codes.shape[0] == 32 and torch.equal(sa.codes, sb.codes) and np.array_equal(sa.audio, sb.audio)
+    assert not torch.equal(sa.codes, sc.codes)
+    grid = random_grid(lm, 6, seed=3)[None]
+    with torch.no_grad():
+        a, b, c = (m.lm(grid).text_logits for m in (adapter, merged, base))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(a, c)  # the adapter changed the model
+    # errors name the fix: no base named, a base that is not there, no peft
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in (tmp_path / "l" / "final").iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    conf = json.loads((bad / "adapter_config.json").read_text())
+    for base_name, match in ((None, "names no base model"), (str(tmp_path / "gone"), "cannot be found")):
+        (bad / "adapter_config.json").write_text(json.dumps(dict(conf, base_model_name_or_path=base_name)))
+        with pytest.raises(CheckpointError, match=f"{match}.*train merge RUN -o FOLDER --base"):
+            load(bad)
+    # the commands' --model takes it too (they load through MimoAudio.from_pretrained); a bad one exits 2
+    from mimo_audio.cli import main
+
+    clip = str(fixture_path / "audio" / "speech_0_24k.wav")
+    cmd = ["transcribe", "--tokenizer", str(fixture_path / "tokenizer"), "--device", "cpu", "--max-new-tokens", "4",
+           clip, "--model"]
+    assert main(cmd + [str(tmp_path / "l" / "final")]) == 0
+    assert main(cmd + [str(bad)]) == 2
+    monkeypatch.setitem(sys.modules, "peft", None)  # peft not installed
+    with pytest.raises(CheckpointError, match="needs peft: pip install"):
+        load(tmp_path / "l" / "final")
+
+
+def test_memory_benchmark_state_bytes_match_a_real_step(fixture_path):
+    """benchmarks/train_memory.py's model-state term equals the bytes a real optimizer step holds (1 process)."""
+    import importlib.util
+    from pathlib import Path
+
+    from mimo_audio.train.trainer import freeze_for_stage, param_groups
+
+    spec = importlib.util.spec_from_file_location("train_memory", Path(__file__).parents[1] / "benchmarks" /
+                                                  "train_memory.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for stage, lora in (("sft", 0), ("pt1", 0), ("sft", 4)):
+        cfg = make_config(stage=stage, lora=lora)
+        lm = model()
+        freeze_for_stage(lm, cfg)
+        net = lm
+        if lora:
+            pytest.importorskip("peft")
+            from mimo_audio.train.lora import add_lora
+
+            net = add_lora(lm, cfg)
+        opt = torch.optim.AdamW(param_groups(net, cfg))
+        g, lab = examples(lm, n=1)[0]
+        net(g[None], labels=lab[None], loss_weights=cfg.loss_weights()).loss.backward()
+        opt.step()
+        held = sum(p.numel() * p.element_size() for p in net.parameters())
+        held += sum(p.grad.numel() * p.grad.element_size() for p in net.parameters() if p.grad is not None)
+        held += sum(t.numel() * t.element_size() for s in opt.state.values() for k, t in s.items() if k != "step")
+        assert bench.state_bytes(net, 1) == held, (stage, lora)
+        assert bench.gathered_bytes(net, 1) == 0 and bench.state_bytes(net, 4) < held / 3

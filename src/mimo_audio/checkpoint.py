@@ -59,6 +59,35 @@ def resolve(path_or_id: str | os.PathLike, *, allow_patterns: list[str] | None =
     return Path(local)
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter(folder: Path) -> bool:
+    """A LoRA adapter folder (a LoRA run's ``OUTPUT/final/``: peft's ``adapter_config.json`` + adapter weights)."""
+    return (Path(folder) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base(folder: Path) -> Path:
+    """The local folder of the base model an adapter folder names (``base_model_name_or_path`` of its
+    ``adapter_config.json``: a folder, tried as given and then relative to the adapter folder, or a hub id)."""
+    file = Path(folder) / ADAPTER_CONFIG
+    try:
+        base = json.loads(file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"cannot read {file}: {exc}") from None
+    fix = ("set base_model_name_or_path in adapter_config.json to the base model's folder or hub id, or merge the "
+           "adapter once with `mimo-audio train merge RUN -o FOLDER --base BASE` and load FOLDER")
+    if not base:
+        raise CheckpointError(f"{file} names no base model; {fix}")
+    for candidate in (Path(base).expanduser(), Path(folder) / base):
+        if candidate.is_dir():
+            return candidate
+    try:
+        return resolve(base)
+    except CheckpointError as exc:
+        raise CheckpointError(f"the base model {base!r} named by {file} cannot be found ({exc}); {fix}") from None
+
+
 def safetensors_files(folder: Path) -> list[Path]:
     """The weight files of a checkpoint folder: ``model.safetensors.index.json``'s shards, else ``*.safetensors``."""
     index = folder / "model.safetensors.index.json"

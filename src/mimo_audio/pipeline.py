@@ -122,12 +122,14 @@ class MimoAudio:
     ) -> MimoAudio:
         """Load the LM (and its text tokenizer) from ``model`` and the audio tokenizer from ``tokenizer``.
 
-        Both are hub ids or local folders. ``device`` defaults to CUDA when available; ``dtype`` to the
+        Both are hub ids or local folders. ``model`` may also be a LoRA adapter folder (a LoRA run's
+        ``OUTPUT/final/``: ``adapter_config.json`` naming its base): the base is loaded and the adapter merged into
+        its weights (peft; needs the train extra). ``device`` defaults to CUDA when available; ``dtype`` to the
         checkpoint's. ``quantize`` ``"int8"``/``"int4"`` quantizes the LM's linear layers while loading (torchao;
         see docs/usage.md); the audio tokenizer stays unquantized. ``options`` go to the constructor (streaming
         windows, ``compile=``).
         """
-        from .checkpoint import parse_device, parse_dtype, resolve
+        from .checkpoint import adapter_base, is_adapter, parse_device, parse_dtype, resolve
         from .codec import AudioTokenizer
         from .config import check_kind, read_config_json
         from .lm import MimoAudioLM
@@ -138,11 +140,22 @@ class MimoAudio:
         dt = parse_dtype(dtype)
         check_scheme(quantize, dev, dt)  # an impossible scheme fails before anything is read
         folder = resolve(model)
+        adapter = None
+        if is_adapter(folder):  # a LoRA run's final/: load its base, merge the adapter into the weights
+            adapter, folder = folder, adapter_base(folder)
         if (folder / "config.json").is_file():  # a tokenizer folder given as the model is named as such
             check_kind(read_config_json(folder / "config.json"), "lm", folder / "config.json")
-        text_tokenizer = TextTokenizer.from_folder(folder)
-        lm = MimoAudioLM.from_pretrained(folder, device=dev, dtype=dt, empty_id=text_tokenizer.ids.empty,
-                                         quantize=quantize)
+        text_tokenizer = TextTokenizer.from_folder(adapter if adapter and (adapter / "tokenizer.json").is_file()
+                                                   else folder)
+        if adapter is None:
+            lm = MimoAudioLM.from_pretrained(folder, device=dev, dtype=dt, empty_id=text_tokenizer.ids.empty,
+                                             quantize=quantize)
+        else:
+            from .quantize import quantize_model
+            from .train.lora import apply_adapter
+
+            lm = MimoAudioLM.from_pretrained(folder, device=dev, dtype=dt, empty_id=text_tokenizer.ids.empty)
+            lm = quantize_model(apply_adapter(lm, adapter), quantize)  # quantize the merged weights
         codec = AudioTokenizer.from_pretrained(tokenizer, device=dev, dtype=dt)
         return cls(lm, codec, text_tokenizer, **options)
 

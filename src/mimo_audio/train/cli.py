@@ -19,13 +19,19 @@ def build_parser(prog: str = "mimo-audio train") -> argparse.ArgumentParser:
         "`mimo-audio train merge RUN -o FOLDER` merges a LoRA run's adapter into its base; "
         "`mimo-audio train export RUN [--step N] -o FOLDER` writes a checkpoint in the released layout.")
     a = p.add_argument
-    a("--config", help="TOML file with the same settings (keys as the flags, dashes or underscores); flags override it")
+    a("--config", help="TOML (.toml) or YAML (.yaml/.yml) file with the same settings (keys as the flags, dashes or "
+      "underscores); flags given on the command line override it")
     a("--model", help="LM folder or hub id to start from")
     a("--tokenizer", help="audio tokenizer folder or hub id (recorded; prepared data is already tokenized)")
-    a("--data", help="training examples: an example .safetensors file or a folder of them")
-    a("--val-data", help="validation examples (same format)")
+    a("--data", help="training data: a folder of prepared shards (mimo-audio data prepare; pick tasks with --tasks) "
+      "or an example .safetensors file / a folder of them")
+    a("--val-data", help="validation data (either kind; shards use the same --tasks mixture)")
     a("--stage", choices=sorted(STAGES), help="pt1 (text loss, patch decoder frozen), pt2 or sft (default sft)")
-    a("--tasks", help="task mixture NAME:WEIGHT,... (e.g. asr:1,tts:1), passed to the data loader")
+    a("--tasks", help="task mixture NAME:WEIGHT,... drawn from the shards (e.g. asr:1,tts:1,continuation:0.5); "
+      "needed with shard data")
+    a("--max-groups", type=int, help="shard data: cut longer examples at this many groups (default: the model's "
+      "positions)")
+    a("--window", type=int, help="shard data: batches per length-sorting window (default 128)")
     a("--lora", type=int, help="LoRA rank (0 or absent: full fine-tuning)")
     a("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank)")
     a("--lora-dropout", type=float, help="LoRA dropout (default 0)")
@@ -53,6 +59,9 @@ def build_parser(prog: str = "mimo-audio train") -> argparse.ArgumentParser:
     a("--empty-id", type=int, help="the <|empty|> text id when the model folder has no tokenizer.json")
     a("--stop-after", type=int, help="stop after this step without finishing (resume later with --resume)")
     a("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on a terminal (default on)")
+    a("--tensorboard", action="store_const", const="tensorboard", dest="tracker", default=None,
+      help="also write the per-step scalars to OUTPUT/tensorboard (needs tensorboard; config: tracker = "
+      "\"tensorboard\")")
     return p
 
 

@@ -1,4 +1,4 @@
-"""Training settings: the stages of SPEC §8.2, a :class:`TrainConfig`, TOML config files and their checks."""
+"""Training settings: the stages of SPEC §8.2, a :class:`TrainConfig`, TOML / YAML config files and their checks."""
 
 from __future__ import annotations
 
@@ -73,6 +73,9 @@ class TrainConfig:
     progress: bool = True
     empty_id: int | None = None  # the <|empty|> text id when the model folder has no tokenizer.json
     stop_after: int | None = None  # leave the loop after this step without finishing (a planned interruption)
+    max_groups: int | None = None  # shard data: cut longer examples here (default: the model's positions, else 8192)
+    window: int = 128  # shard data: batches per length-sorting window of the loader (docs/data.md)
+    tracker: str | None = None  # "tensorboard": also write the per-step scalars to OUTPUT/tensorboard
 
     @property
     def stage_info(self) -> Stage:
@@ -85,6 +88,12 @@ class TrainConfig:
         scale = llm / s.lr_llm
         return {"encoder": s.lr_encoder * scale, "llm": llm,
                 "decoder": None if s.lr_decoder is None else s.lr_decoder * scale}
+
+    def loss_weights(self):
+        """The stage's loss weights (SPEC §8.2): pt1 text only (1-0-…-0), pt2 and sft 100-12-8-6-4-2-2-1-1."""
+        from ..lm import LossWeights
+
+        return LossWeights.stage1() if self.stage_info.text_only else LossWeights()
 
     @property
     def schedule_name(self) -> str:
@@ -114,67 +123,116 @@ class TrainConfig:
             raise TrainConfigError("lora-targets is empty; name the Linear modules to adapt")
         if self.val_every and not self.val_data:
             raise TrainConfigError("val-every is set but there is no --val-data")
-        for task, w in self.tasks.items():
-            if not w > 0:
-                raise TrainConfigError(f"task {task!r} has weight {w}; weights must be positive")
+        if self.max_groups is not None and self.max_groups < 1:
+            raise TrainConfigError(f"max-groups must be at least 1, got {self.max_groups}")
+        if self.window < 1:
+            raise TrainConfigError(f"window must be at least 1, got {self.window}")
+        if self.tracker is not None:
+            check_tracker(self.tracker)
         if self.tasks:
             check_tasks(self.tasks)
 
 
+def known_tasks() -> list[str]:
+    """The task names the prepared-shard loader can build examples for (``mimo_audio.data.examples``)."""
+    from ..data import examples  # noqa: F401  (fills TASK_INPUTS)
+    from ..data.loader import TASK_INPUTS
+
+    return sorted(TASK_INPUTS)
+
+
 def check_tasks(tasks: dict[str, float]) -> None:
-    """Every name in ``tasks`` must be in the task table (:mod:`mimo_audio.tasks`, from the training-data work)."""
+    """A ``--tasks`` mixture: known names (those the shard loader maps records to), weights >= 0, one positive."""
+    known = known_tasks()
+    for name, w in tasks.items():
+        if name not in known:
+            raise TrainConfigError(f"unknown task {name!r} in --tasks; the shard loader knows: {', '.join(known)}")
+        if not (w >= 0 and w < float("inf")):
+            raise TrainConfigError(f"task {name!r} has weight {w}; weights must be finite and >= 0")
+    if not any(w > 0 for w in tasks.values()):
+        raise TrainConfigError("every task in --tasks has weight 0; give at least one a positive weight")
+
+
+TRACKERS = ("tensorboard",)
+
+
+def check_tracker(name: str) -> None:
+    """The tracker exists and its package is installed (checked before step 1)."""
+    if name not in TRACKERS:
+        raise TrainConfigError(f"unknown tracker {name!r}; use tensorboard (or leave it out: metrics.jsonl only)")
     try:
-        from .. import tasks as table
+        import torch.utils.tensorboard  # noqa: F401  (needs the tensorboard package)
     except ImportError:
-        raise TrainConfigError("--tasks needs the task table (mimo_audio.tasks) and the prepared-shard loader, which "
-                               "this installation does not have; train on example files without --tasks") from None
-    for name in tasks:
-        try:
-            table.get_task(name)
-        except Exception as exc:  # the table's own error names the known tasks
-            raise TrainConfigError(f"unknown task {name!r} in --tasks: {exc}") from None
-    # known names, but the trainer reads example files (train.data) and not yet the prepared shards whose records the
-    # mixture would draw from: refuse rather than silently train on something else
-    raise TrainConfigError("--tasks picks a mixture from prepared shards (mimo-audio data prepare), which the trainer "
-                           "does not read yet; train on example files (mimo_audio.train.data.save_examples) without "
-                           "--tasks")
+        raise TrainConfigError("--tensorboard needs the tensorboard package: pip install 'mimo-audio[train]' "
+                               "(or pip install tensorboard), or leave --tensorboard / tracker out") from None
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
 def parse_tasks(text: str | dict) -> dict[str, float]:
-    """``"asr:1,tts:2"`` (or a TOML table) -> ``{"asr": 1.0, "tts": 2.0}``."""
+    """``"asr:1,tts:2"`` (or a TOML / YAML table) -> ``{"asr": 1.0, "tts": 2.0}``; a bare name weighs 1."""
     if isinstance(text, dict):
-        return {str(k): float(v) for k, v in text.items()}
+        items = [(str(k), v) for k, v in text.items()]
+    else:
+        items = []
+        for part in filter(None, (p.strip() for p in str(text).split(","))):
+            name, sep, w = part.partition(":")
+            items.append((name.strip(), w.strip() if sep else 1.0))
     out: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in str(text).split(","))):
-        name, _, w = part.partition(":")
+    for name, w in items:
         try:
-            out[name.strip()] = float(w) if w else 1.0
-        except ValueError:
-            raise TrainConfigError(f"tasks: {part!r} is not NAME:WEIGHT (e.g. asr:1,tts:2)") from None
+            weight = float(w)
+        except (TypeError, ValueError):
+            raise TrainConfigError(f"tasks: {name}:{w} is not NAME:WEIGHT (e.g. asr:1,tts:2)") from None
+        if not name:
+            raise TrainConfigError(f"tasks: an entry has no task name ({name}:{w}); write NAME:WEIGHT")
+        if name in out:
+            raise TrainConfigError(f"tasks: {name!r} appears twice; give each task once")
+        out[name] = weight
     return out
 
 
 def read_config_file(path: str | Path) -> dict:
-    """Settings from a TOML file (keys as in :class:`TrainConfig`; dashes or underscores)."""
+    """Settings from a TOML (``.toml``) or YAML (``.yaml`` / ``.yml``) file: one mapping whose keys are the
+    :class:`TrainConfig` fields (dashes or underscores)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise TrainConfigError(f"config file {path} does not exist")
-    if path.suffix.lower() != ".toml":
-        raise TrainConfigError(f"config file {path}: only TOML (.toml) is read")
+    suffix = path.suffix.lower()
     try:
-        import tomllib
-    except ImportError:  # Python 3.10: the train extra installs tomli
-        import tomli as tomllib
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
         raise TrainConfigError(f"config file {path}: {exc}") from None
+    if suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10: the train extra installs tomli
+            import tomli as tomllib
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise TrainConfigError(f"config file {path}: {exc}") from None
+    elif suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise TrainConfigError(f"config file {path}: YAML files need PyYAML: pip install 'mimo-audio[train]' "
+                                   "(or pip install pyyaml), or write the settings as TOML") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise TrainConfigError(f"config file {path}: {' '.join(str(exc).split())}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise TrainConfigError(f"config file {path}: the top level must be a mapping of settings "
+                                   f"(key: value lines), not a {type(data).__name__}")
+    else:
+        raise TrainConfigError(f"config file {path}: name it .toml, .yaml or .yml (TOML and YAML are read)")
     out = {}
     for key, value in data.items():
-        name = key.replace("-", "_")
+        name = str(key).replace("-", "_")
         if name not in _FIELDS or name in ("resume",):
             raise TrainConfigError(f"config file {path}: unknown setting {key!r}; known: "
                                    f"{', '.join(sorted(n for n in _FIELDS if n != 'resume'))}")
@@ -192,6 +250,13 @@ def make_config(file_settings: dict | None = None, **overrides) -> TrainConfig:
         if name in settings and isinstance(settings[name], (list, str)):
             v = settings[name]
             settings[name] = tuple(v.split(",")) if isinstance(v, str) else tuple(v)
+    for name, value in list(settings.items()):  # numbers written as strings (YAML reads 1e-5 as one)
+        kind = str(_FIELDS[name].type) if name in _FIELDS else ""
+        if isinstance(value, str) and (kind.startswith(("float", "int"))):
+            try:
+                settings[name] = int(value) if kind.startswith("int") else float(value)
+            except ValueError:
+                raise TrainConfigError(f"{name.replace('_', '-')}: {value!r} is not a number") from None
     try:
         cfg = TrainConfig(**settings)
     except TypeError as exc:

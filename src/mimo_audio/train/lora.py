@@ -1,6 +1,7 @@
 """LoRA through peft: adapters on the fused ``qkv`` and ``o_proj`` Linears of the backbone and the patch
 decoder by default (q, k and v are one fused ``qkv`` Linear in this model, so one adapter covers all three),
-and merging a run's adapter into its base model."""
+merging a run's adapter into its base model (:func:`merge`, written to a folder) and applying an adapter folder
+to a loaded base for serving (:func:`apply_adapter`, used by ``MimoAudio.from_pretrained``)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,26 @@ def merge(run: str | Path, dest: str | Path, *, base: str | None = None) -> Path
     lm = MimoAudioLM.from_pretrained(folder, dtype="float32")
     merged = peft.PeftModel.from_pretrained(lm, str(final)).merge_and_unload()
     return export_released(merged.config, merged.state_dict(), dest, base_folder=folder, empty_id=merged.empty_id)
+
+
+def apply_adapter(lm: MimoAudioLM, folder: str | Path) -> MimoAudioLM:
+    """``lm`` (the base, already loaded on its device and dtype) with the adapter of ``folder`` merged into its
+    weights (peft ``merge_and_unload``): a plain :class:`MimoAudioLM` again, as fast to generate with as a merged
+    folder. The merge runs in ``lm``'s dtype."""
+    from ..errors import CheckpointError
+
+    try:
+        import peft
+    except ImportError:
+        raise CheckpointError(f"{folder} is a LoRA adapter folder; loading it needs peft: pip install "
+                              "'mimo-audio[train]' (or pip install peft), or merge it once where peft is installed "
+                              "(`mimo-audio train merge RUN -o FOLDER`) and load FOLDER") from None
+    was_training = lm.training
+    try:
+        model = peft.PeftModel.from_pretrained(lm, str(folder), is_trainable=False)
+    except Exception as exc:  # peft raises ValueError / KeyError / OSError for adapters that do not fit
+        raise CheckpointError(f"cannot apply the adapter in {folder} to its base model ({type(exc).__name__}: "
+                              f"{exc}); is this the base it was trained on?") from None
+    merged = model.merge_and_unload()
+    merged.train(was_training)
+    return merged

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from ..files import atomic_output
 from ..lm import MimoAudioLM
 from .config import TrainConfig, TrainConfigError
+from .tracker import open_tracker
 
 ENCODER = ("patch_encoder.", "speech_embeddings.", "group_downcast.")
 DECODER = ("patch_decoder.", "local_heads.", "hidden_downcast.", "speech_to_local.")
@@ -251,11 +252,19 @@ def load_model(cfg: TrainConfig) -> MimoAudioLM:
 
 
 def make_data(path: str, cfg: TrainConfig, group_size: int, *, shuffle: bool = True):
-    from .data import ExampleBatches, load_examples
+    """``--data`` / ``--val-data``: a prepared shard folder (the ``--tasks`` mixture, length-bucketed; examples
+    longer than ``--max-groups``, default the model folder's positions, are cut) or example files; this rank's
+    share of it."""
+    from .data import open_data
 
     rank, world = _dist()
-    return ExampleBatches(load_examples(path), cfg.batch_size, group_size, seed=cfg.seed, rank=rank, world=world,
-                          shuffle=shuffle)
+    max_groups = cfg.max_groups
+    if max_groups is None and cfg.model is not None:
+        from ..config import LMConfig
+
+        cfg_file = _base_folder(cfg) / "config.json"
+        max_groups = LMConfig.from_file(cfg_file).max_position_embeddings if cfg_file.is_file() else None
+    return open_data(path, cfg, group_size, rank=rank, world=world, shuffle=shuffle, max_groups=max_groups or 8192)
 
 
 def train(cfg: TrainConfig, *, model: MimoAudioLM | None = None, data=None, val_data=None,
@@ -342,6 +351,8 @@ def train(cfg: TrainConfig, *, model: MimoAudioLM | None = None, data=None, val_
     bar = tqdm(total=cfg.max_steps, initial=step, unit="step", file=sys.stderr, dynamic_ncols=True,
                disable=not (rank == 0 and cfg.progress and sys.stderr.isatty()))
     metrics = output / "metrics.jsonl"
+    tracker = open_tracker(cfg.tracker, output, rank=rank, start_step=step)
+    weights = cfg.loss_weights()  # pt1: LossWeights.stage1() (text only); pt2 / sft: 100-12-8-6-4-2-2-1-1
     val_start = val_data.state_dict() if val_data is not None else None
     while step < cfg.max_steps:
         t0 = time.perf_counter()
@@ -355,8 +366,9 @@ def train(cfg: TrainConfig, *, model: MimoAudioLM | None = None, data=None, val_
             if n > max_groups:
                 raise TrainConfigError(f"a batch of {n} groups does not fit the model's {max_groups} positions")
             with autocast:
-                o = net(grid, attention_mask=batch["attention_mask"].to(device), labels=batch["labels"].to(device))
-            loss = o.text_loss if text_only else o.loss
+                o = net(grid, attention_mask=batch["attention_mask"].to(device), labels=batch["labels"].to(device),
+                        loss_weights=weights)
+            loss = o.loss
             (loss / cfg.grad_accum).backward()
             sums += torch.cat([loss.detach()[None], o.text_loss.detach()[None], o.channel_losses.detach()]
                               ).double() / cfg.grad_accum
@@ -380,6 +392,7 @@ def train(cfg: TrainConfig, *, model: MimoAudioLM | None = None, data=None, val_
         if rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps):
             with open(metrics, "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec) + "\n")
+            tracker.log(rec)
         bar.update(1)
         bar.set_postfix(loss=f"{s[0]:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
         if cfg.val_every and step % cfg.val_every == 0 and val_data is not None:
@@ -388,14 +401,17 @@ def train(cfg: TrainConfig, *, model: MimoAudioLM | None = None, data=None, val_
             if rank == 0:
                 with open(metrics, "a", encoding="utf-8") as f:
                     f.write(json.dumps({"step": step, "val_loss": v}) + "\n")
+                tracker.log({"step": step, "val_loss": v})
         if step % cfg.save_every == 0 or step == cfg.max_steps:
             save_checkpoint(output, step, net, optimizer, scheduler, data, cfg.keep)
         if cfg.stop_after is not None and step >= cfg.stop_after and step < cfg.max_steps:
             bar.close()
+            tracker.close()
             if rank == 0:
                 print(f"stopped after step {step} (--stop-after); continue with --resume", file=out)
             return records
     bar.close()
+    tracker.close()
     export_final(net, lm, cfg, output)
     if rank == 0:
         with atomic_output(state_file) as tmp:
@@ -432,8 +448,9 @@ def validate(net, val_data, cfg, device, text_only, autocast) -> float:
     for _ in range(VAL_BATCHES):
         b = next(val_data)
         with autocast:
-            o = net(b["grid"].to(device), attention_mask=b["attention_mask"].to(device), labels=b["labels"].to(device))
-        total += (o.text_loss if text_only else o.loss).double()
+            o = net(b["grid"].to(device), attention_mask=b["attention_mask"].to(device), labels=b["labels"].to(device),
+                    loss_weights=cfg.loss_weights())
+        total += o.loss.double()
     net.train()
     _, world = _dist()
     if world > 1:
