@@ -17,7 +17,15 @@ import numpy as np
 
 from ..errors import MimoAudioError
 from .judges import JUDGE_RATE, similarity, to_16k
-from .scoring import error_rates, is_chinese, normalize_text, score_choice, string_match, word_errors
+from .scoring import (
+    error_rates,
+    is_chinese,
+    normalize_text,
+    score_choice,
+    speechmmlu_option,
+    string_match,
+    word_errors,
+)
 
 VOICE_INSTRUCTION = "Convert the timbre of the input speech to target timbre."
 MMSU_INSTRUCTION = ("Choose the most suitable answer from options A, B, C, and D to respond the question in next line, "
@@ -35,6 +43,7 @@ class EvalContext:
     speaker: Any = None
     gen: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+    codes_cache: dict = field(default_factory=dict)  # audio path -> codes (SpeechMMLU's prompt clips repeat)
 
     @property
     def audio_dir(self) -> Path:
@@ -407,6 +416,8 @@ class MCQ(Task):
     name = "mcq"
 
     def process(self, ctx, items):
+        if items and "mmlu_prompt" in items[0]:
+            return speechmmlu_process(ctx, items)
         fmt = ctx.options.get("mcq_format") or "mmau"
         thinking = bool(ctx.options.get("thinking"))
         shots = int(ctx.options.get("shots") or 0)
@@ -525,6 +536,122 @@ def judge_answers(judge, triples: list[tuple[str, str, str]]) -> list[tuple[str 
     for r in replies:
         m = re.search(r"\b(yes|no)\b", r.answer.lower())
         out.append((m.group(1) if m else None, r.answer))
+    return out
+
+
+# ============================================================================================ SpeechMMLU
+SPEECHMMLU_MODES = ("s2t", "s2s", "t2t", "t2s")
+SPEECHMMLU_SHOTS = 5  # the paper's setting (Table 6)
+
+
+def _cached_codes(ctx: EvalContext, audio: Any):
+    key = audio if isinstance(audio, str) else None
+    if key is not None and key in ctx.codes_cache:
+        return ctx.codes_cache[key]
+    codes = ctx.mimo.encode(audio)
+    if key is not None:
+        if len(ctx.codes_cache) > 4096:
+            ctx.codes_cache.clear()
+        ctx.codes_cache[key] = codes
+    return codes
+
+
+def speechmmlu_items(ctx: EvalContext, item: dict, mode: str, shots: int) -> list[dict]:
+    """The prompt items of SPEC §6.3.12 for one question: the subject's beginning, ``shots`` × (question, answer)
+    from the subject's few-shot prompts in the item's voice, then the test question. Input items (beginning,
+    questions) are speech (``{"audio": codes}``) in s2* modes and text otherwise; answers are spoken
+    (``{"audio", "transcript"}``: an ``S`` segment) in *2s modes and text otherwise."""
+    p = item["mmlu_prompt"]
+    if shots > len(p["examples"]):
+        raise MimoAudioError(f"{shots} shots asked but subject {item['subject']!r} has {len(p['examples'])} "
+                             "few-shot examples; pass --shots with at most that many")
+    speech_in, speech_out = mode[0] == "s", mode[-1] == "s"
+
+    def source(part: dict) -> dict:
+        return {"audio": _cached_codes(ctx, part["audio"])} if speech_in else {"text": part["text"]}
+
+    out = [source(p["beginning"])]
+    for ex in p["examples"][:shots]:
+        out.append(source(ex["question"]))
+        ans = ex["answer"]
+        out.append({"audio": _cached_codes(ctx, ans["audio"]), "transcript": ans["text"]} if speech_out
+                   else {"text": ans["text"]})
+    out.append(source({"text": item["question"], "audio": item["audio"]}))
+    return out
+
+
+def _speechmmlu_request(ctx: EvalContext, items: list[dict], speech_out: bool):
+    """A :class:`~mimo_audio.batch.TaskRequest` for the base model's few-shot QA task of the task table
+    (``speech_mmlu`` / ``speech_mmlu_speech``: greedy ``qa`` preset, 5-10 / 10-25 new groups), with the run's
+    generation settings applied as ``MimoAudio.prepare`` applies them."""
+    from dataclasses import replace
+
+    from ..batch import TaskRequest
+    from ..errors import PromptError
+    from ..sampling import GREEDY
+    from ..tasks import get_task
+
+    spec = get_task("speech_mmlu_speech" if speech_out else "speech_mmlu")
+    grid = spec.prompt(ctx.mimo.prompts, items)
+    groups = int(grid.shape[1]) // int(ctx.mimo.lm.config.group_size)
+    room = ctx.mimo.max_positions - groups
+    if room < 1:
+        raise PromptError(f"the prompt takes {groups} positions but the model has {ctx.mimo.max_positions}; "
+                          "use fewer --shots")
+    g = ctx.gen
+    text, local = spec.samplers
+    if g.get("greedy"):
+        text = local = GREEDY
+    changes = {k: g[k] for k in ("temperature", "top_k", "top_p") if g.get(k) is not None}
+    if changes:
+        text = replace(text, do_sample=True, **changes)
+    config = spec.config(text=text, local=local, stop_ids=spec.stop_ids(ctx.mimo.ids), seed=g.get("seed"),
+                         max_new_tokens=min(int(g.get("max_new_tokens") or spec.max_new_tokens), room))
+    if config.min_new_tokens > config.max_new_tokens:
+        config = replace(config, min_new_tokens=config.max_new_tokens)
+    return TaskRequest(task=spec.name, grid=grid, config=config, audio_out=spec.reply == "speech",
+                       span_open=bool(spec.audio_open), prompt_groups=groups)
+
+
+def speechmmlu_process(ctx: EvalContext, items: list[dict]) -> list[dict]:
+    """SpeechMMLU (base model, few-shot; SPEC §6.3.12 and §9.1): the answer is the first ``option X`` in the
+    lower-cased text reply (zh: ``选项X`` with spaces removed); a spoken reply is read by the ``--judge`` (the
+    paper: whisper-large-v3), or by the model's own text channel when there is no judge."""
+    mode = ctx.options.get("modality") or "s2t"
+    if mode not in SPEECHMMLU_MODES:
+        raise MimoAudioError(f"unknown SpeechMMLU modality {mode!r}; use one of {', '.join(SPEECHMMLU_MODES)}")
+    shots = int(ctx.options.get("shots") if ctx.options.get("shots") is not None else SPEECHMMLU_SHOTS)
+    speech_out = mode[-1] == "s"
+    reqs, fails = [], []
+    for it in items:
+        try:
+            reqs.append(_speechmmlu_request(ctx, speechmmlu_items(ctx, it, mode, shots), speech_out))
+            fails.append(None)
+        except MimoAudioError as exc:
+            reqs.append(None)
+            fails.append(failed(f"{type(exc).__name__}: {' '.join(str(exc).split())}"))
+    out = []
+    for it, fail, reply in zip(items, fails, _run(ctx, reqs)):
+        if fail is not None:
+            out.append(fail)
+            continue
+        lang = _language(it, it["question"])
+        rec = {"audio": _describe(it["audio"]), "question": it["question"], "answer": it["answer"],
+               "category": it["subject"], "voice_id": it.get("voice_id"), "modality": mode, "shots": shots,
+               "reply": reply.text, "finish_reason": reply.finish_reason}
+        read = reply.text
+        if speech_out:
+            if reply.audio is None or reply.audio.numel() == 0:
+                out.append(failed(f"the model produced no speech (finish: {reply.finish_reason})"))
+                continue
+            rec["output"] = _save(ctx, it, reply.audio, reply.sample_rate)
+            if ctx.judge is not None:
+                read = ctx.judge.transcribe([to_16k((reply.audio.numpy(), reply.sample_rate))], language=lang)[0]
+                rec["judge_text"] = read
+            rec["scored_on"] = "judge transcript" if ctx.judge is not None else "text channel"
+        pred = speechmmlu_option(read, lang)
+        rec.update(prediction=pred.upper(), correct=bool(pred) and pred.upper() == it["answer"])
+        out.append(rec)
     return out
 
 
