@@ -129,8 +129,17 @@ def test_missing_judge_packages_say_what_to_install(monkeypatch):
         load_asr_judge("tiny.en")
     with pytest.raises(JudgeError, match=r"resemblyzer.*pip install 'mimo-audio\[eval\]'.*setuptools<81"):
         load_speaker_encoder("resemblyzer")
-    with pytest.raises(JudgeError, match="unknown --speaker-model"):
-        load_speaker_encoder("wavlm")
+    with pytest.raises(JudgeError, match="unknown --speaker-model 'ecapa'"):
+        load_speaker_encoder("ecapa")
+
+
+def test_wavlm_speaker_model_is_refused_with_the_reason_and_the_hook():
+    from mimo_audio.eval.judges import JudgeError, load_speaker_encoder
+
+    for spec in ("wavlm", "wavlm:/models/wavlm-sv"):
+        with pytest.raises(JudgeError, match=r"wavlm is not built in: .*wavlm_large_finetune\.pth.*need transformers"
+                                             r".*--speaker-model python:MODULE:FACTORY"):
+            load_speaker_encoder(spec)
 
 
 def test_speaker_similarity_with_a_plugged_encoder(tmp_path, monkeypatch):
@@ -622,3 +631,47 @@ def test_speechmmlu_spoken_answers(speechmmlu, mimo, tmp_path, monkeypatch):
     (r,) = lines(out / "items.jsonl")
     assert r["status"] == "ok" and Path(r["output"]).is_file() and r["scored_on"] == "text channel"
     assert any("text channel" in n for n in rep["notes"])
+
+
+# ------------------------------------------------------------------------------------------------ MMAU-Pro style
+@needs_espeak
+def test_mmau_pro_open_ended_and_instruction_items(synth, mimo, tmp_path, monkeypatch):
+    """Closed items by string match, open-ended ones by word-token F1 against the reference (or a local judge's
+    1-5 grade / 5), instruction-following items left out with the reason; `overall` weighs items equally."""
+    d = synth.parent
+    rows = [{"id": "c", "audio_path": ["utt0.wav"], "question": "What is heard?", "choices": ["speech", "music"],
+             "answer": "speech", "category": "speech"},
+            {"id": "o", "audio_path": ["utt1.wav", "utt2.wav"], "question": "What happens?", "choices": [],
+             "answer": "a dog barking", "category": "open"},
+            {"id": "i", "audio_path": ["utt0.wav"], "question": "Repeat in capitals.", "choices": [],
+             "answer": "", "category": "instruction following", "task_identifier": "All Uppercase"}]
+    data = tmp_path / "mmau-pro-test.json"
+    data.write_text(json.dumps(rows), encoding="utf-8")
+    (it,) = [x for x in load_items(str(data)) if x["id"] == "o"]
+    assert it["audio"] == [str(tmp_path / "utt1.wav"), str(tmp_path / "utt2.wav")]  # a list of clips, resolved
+    for name in ("utt0.wav", "utt1.wav", "utt2.wav"):
+        shutil.copy(d / name, tmp_path / name)
+    seen = _mmlu_spy(monkeypatch, texts=["speech", "The dog is barking loudly."])
+    rep = evaluate("mcq", str(data), tmp_path / "p", mimo=mimo, progress=False, **GEN)
+    assert rep["benchmark"] == "mmau-pro" and rep["paper"] == {"overall": 53.35}
+    assert rep["count"] == 2 and rep["failed"] == 1 and "instruction-following" in next(iter(rep["failure_reasons"]))
+    # open: 5 reply tokens, 3 reference tokens, 2 shared (dog, barking): P 0.4, R 2/3, F1 0.5
+    assert rep["metrics"] == pytest.approx({"accuracy": 100.0, "accuracy/speech": 100.0, "open_score": 50.0,
+                                            "open_f1": 50.0, "overall": 75.0})
+    assert seen[1].grid[0].tolist().count(mimo.ids.sosp) == 2  # both clips of the open item
+    recs = {r["id"]: r for r in lines(tmp_path / "p" / "items.jsonl")}
+    assert recs["o"]["kind"] == "open" and recs["o"]["f1"] == pytest.approx(0.5) and "correct" not in recs["o"]
+    # a local judge through the python hook: its grade 4 of 5 replaces the F1 as the score
+    (tmp_path / "toy_judge.py").write_text(
+        "PROMPTS = []\nclass J:\n    def generate(self, prompt):\n        PROMPTS.append(prompt)\n        return 'Grade: 4'\n"
+        "def load():\n    return J()\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen.clear()
+    rep = evaluate("mcq", str(data), tmp_path / "pj", mimo=mimo, progress=False,
+                   options={"answer_judge": "python:toy_judge:load"}, **GEN)
+    import toy_judge
+
+    assert len(toy_judge.PROMPTS) == 1 and "Reference answer: a dog barking" in toy_judge.PROMPTS[0]
+    assert "Answer: The dog is barking loudly." in toy_judge.PROMPTS[0]
+    assert rep["metrics"]["open_score"] == pytest.approx(80.0) and rep["metrics"]["overall"] == pytest.approx(90.0)
+    assert rep["metrics"]["open_f1"] == pytest.approx(50.0) and rep["judges"]["answer_judge"] == "python:toy_judge:load"

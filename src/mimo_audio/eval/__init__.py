@@ -103,9 +103,14 @@ def evaluate(task: str, data: str, out_dir: str | os.PathLike, *, model: str | N
             print(f"mimo-audio eval: note: {n}", file=sys.stderr)
     answer_judge = None
     if options.get("answer_judge"):
-        if task != "dialogue":
-            raise MimoAudioError("answer_judge applies to the dialogue task")
-        if str(options["answer_judge"]) == str(model):
+        if task not in ("dialogue", "mcq"):
+            raise MimoAudioError("answer_judge applies to the dialogue task and to open-ended mcq items")
+        if str(options["answer_judge"]).startswith("python:"):
+            from .judges import load_python_hook
+
+            answer_judge = load_python_hook(str(options["answer_judge"]), "--answer-judge", "generate",
+                                            "generate(prompt: str) -> str")
+        elif str(options["answer_judge"]) == str(model):
             answer_judge = mimo
         else:
             from ..pipeline import MimoAudio
