@@ -675,3 +675,23 @@ def test_mmau_pro_open_ended_and_instruction_items(synth, mimo, tmp_path, monkey
     assert "Answer: The dog is barking loudly." in toy_judge.PROMPTS[0]
     assert rep["metrics"]["open_score"] == pytest.approx(80.0) and rep["metrics"]["overall"] == pytest.approx(90.0)
     assert rep["metrics"]["open_f1"] == pytest.approx(50.0) and rep["judges"]["answer_judge"] == "python:toy_judge:load"
+
+
+@needs_espeak
+def test_speechmmlu_from_the_hub_name_and_misuse(speechmmlu, synth, mimo, tmp_path, monkeypatch):
+    """hf:XiaomiMiMo/SpeechMMLU downloads the repository whole (the rows name files in it) and reads the folder."""
+    import huggingface_hub
+
+    from mimo_audio.errors import MimoAudioError
+    from mimo_audio.eval.data import detect_layout
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, repo_type: calls.append((repo_id, repo_type)) or str(speechmmlu))
+    assert detect_layout("hf:XiaomiMiMo/SpeechMMLU") == "speechmmlu"
+    assert [it["id"] for it in load_items("hf:XiaomiMiMo/SpeechMMLU")] == [f"astronomy_{i}" for i in range(3)]
+    assert calls == [("XiaomiMiMo/SpeechMMLU", "dataset")]
+    with pytest.raises(MimoAudioError, match="SpeechMMLU data is evaluated with the mcq task, not asr"):
+        evaluate("asr", str(speechmmlu), tmp_path / "a", mimo=mimo, progress=False)
+    with pytest.raises(MimoAudioError, match="modality .* applies to SpeechMMLU data"):
+        evaluate("mcq", str(synth), tmp_path / "b", mimo=mimo, progress=False, options={"modality": "s2s"})
