@@ -129,8 +129,17 @@ def test_missing_judge_packages_say_what_to_install(monkeypatch):
         load_asr_judge("tiny.en")
     with pytest.raises(JudgeError, match=r"resemblyzer.*pip install 'mimo-audio\[eval\]'.*setuptools<81"):
         load_speaker_encoder("resemblyzer")
-    with pytest.raises(JudgeError, match="unknown --speaker-model"):
-        load_speaker_encoder("wavlm")
+    with pytest.raises(JudgeError, match="unknown --speaker-model 'ecapa'"):
+        load_speaker_encoder("ecapa")
+
+
+def test_wavlm_speaker_model_is_refused_with_the_reason_and_the_hook():
+    from mimo_audio.eval.judges import JudgeError, load_speaker_encoder
+
+    for spec in ("wavlm", "wavlm:/models/wavlm-sv"):
+        with pytest.raises(JudgeError, match=r"wavlm is not built in: .*wavlm_large_finetune\.pth.*need transformers"
+                                             r".*--speaker-model python:MODULE:FACTORY"):
+            load_speaker_encoder(spec)
 
 
 def test_speaker_similarity_with_a_plugged_encoder(tmp_path, monkeypatch):
@@ -474,3 +483,215 @@ def test_instruct_tts_rows_expand_per_instruction_and_score_per_kind():
     m = TTS().metrics(recs)  # per-utterance 50, 0, 75 %
     assert m["wer/APS"] == pytest.approx(50.0) and m["wer/DSD"] == pytest.approx(37.5)
     assert m["wer"] == pytest.approx(125.0 / 3) and m["wer_corpus"] == pytest.approx(50.0)  # 4 errors / 8 words
+
+
+# ------------------------------------------------------------------------------------------------ SpeechMMLU
+MMLU_EXAMPLES = [("What is the closest star to the Earth? Option A, the Sun. Option B, Sirius.", " Option A.\n\n"),
+                 ("Which planet has rings? Option A, Mars. Option B, Saturn.", " Option B.\n\n")]
+MMLU_QUESTIONS = [("Which planet is red? Option A, Venus. Option B, Mars.", 1),
+                  ("What orbits the Earth? Option A, the Moon. Option B, the Sun.", 0),
+                  ("What is hot? Option A, ice. Option B, fire.", "B")]
+
+
+@pytest.fixture(scope="module")
+def speechmmlu(tmp_path_factory) -> Path:
+    """A SpeechMMLU folder in the public repository's layout (few_shot_prompts.json, rows, audio/), one subject,
+    one voice, two shots, three questions; espeak-ng speech as .wav where the public set has .mp3."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("needs espeak-ng (apt install espeak-ng)")
+    root = tmp_path_factory.mktemp("SpeechMMLU")
+    subject, voice = "astronomy", "english_prompt_001"
+    clips = root / "audio" / subject / "prompts" / f"{subject}_{voice}"
+    clips.mkdir(parents=True)
+    (root / "audio" / subject / "questions").mkdir()
+
+    def say(text, path):
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "170", "-w", str(path), text], check=True)
+
+    begin = "The following are questions about astronomy."
+    say(begin, clips / f"{subject}_beginning.wav")
+    for i, (q, a) in enumerate(MMLU_EXAMPLES):
+        say(q, clips / f"{subject}_{i}_question_and_choices.wav")
+        say(a, clips / f"{subject}_{i}_answer.wav")
+    prompts = {subject: {"beginning": begin + "\n\n", "examples": [{"question": q, "answer": a} for q, a in MMLU_EXAMPLES]}}
+    (root / "few_shot_prompts.json").write_text(json.dumps(prompts), encoding="utf-8")
+    (root / "data").mkdir()
+    with open(root / "data" / f"{subject}.jsonl", "w", encoding="utf-8") as f:
+        for i, (q, ans) in enumerate(MMLU_QUESTIONS):
+            say(q, root / "audio" / subject / "questions" / f"q{i}.wav")
+            f.write(json.dumps({"id": f"{subject}_{i}", "subject": subject, "question_text": q,
+                                "question_audio": f"audio/{subject}/questions/q{i}.wav", "voice_id": voice,
+                                "answer": ans}) + "\n")
+    return root
+
+
+def test_speechmmlu_layout(speechmmlu):
+    from mimo_audio.eval.data import DataError, detect_layout
+
+    assert detect_layout(str(speechmmlu)) == "speechmmlu"
+    items = load_items(str(speechmmlu))
+    assert [(it["id"], it["answer"], it["category"]) for it in items] == [
+        ("astronomy_0", "B", "astronomy"), ("astronomy_1", "A", "astronomy"), ("astronomy_2", "B", "astronomy")]
+    p = items[0]["mmlu_prompt"]
+    assert p["beginning"]["audio"].endswith("astronomy_beginning.wav")  # the .mp3 the layout names is absent
+    assert [ex["answer"]["text"] for ex in p["examples"]] == [a for _, a in MMLU_EXAMPLES]
+    assert Path(items[0]["audio"]).is_file() and items[0]["question"] == MMLU_QUESTIONS[0][0]
+    assert len(load_items(str(speechmmlu), split="astronomy")) == 3
+    with pytest.raises(DataError, match="unknown SpeechMMLU subjects.*'law'"):
+        load_items(str(speechmmlu), split="law")
+
+
+def _mmlu_spy(monkeypatch, texts=None, speech=False):
+    """Record the requests MimoAudio.run gets; ``texts`` replace the replies' text (hand-computed scoring);
+    ``speech`` bans every text id but <|empty|> so the random model speaks."""
+    import dataclasses
+
+    seen = []
+    original = MimoAudio.run
+
+    def run(self, reqs, **kw):
+        if speech:
+            keep = {self.ids.empty}
+            banned = tuple(i for i in range(self.lm.config.vocab_size) if i not in keep)
+            for r in reqs:
+                r.config = dataclasses.replace(r.config, banned_ids=banned)
+        seen.extend(reqs)
+        replies = original(self, reqs, **kw)
+        if texts is not None:
+            replies = [dataclasses.replace(r, text=texts[(len(seen) - len(reqs)) + k]) for k, r in enumerate(replies)]
+        return replies
+
+    monkeypatch.setattr(MimoAudio, "run", run)
+    return seen
+
+
+@needs_espeak
+def test_speechmmlu_end_to_end_prompt_and_report(speechmmlu, mimo, tmp_path, monkeypatch):
+    seen = _mmlu_spy(monkeypatch)
+    out = tmp_path / "s2t"
+    rep = evaluate("mcq", str(speechmmlu), out, mimo=mimo, progress=False, options={"shots": 2}, **GEN)
+    check_report(out, "mcq", 3)
+    assert rep["count"] == 3 and rep["benchmark"] is None  # the paper's numbers are 5-shot
+    assert set(rep["metrics"]) == {"accuracy", "accuracy/astronomy"}
+    from mimo_audio.eval.scoring import speechmmlu_option
+
+    recs = lines(out / "items.jsonl")
+    for r in recs:
+        assert r["modality"] == "s2t" and r["shots"] == 2 and r["category"] == "astronomy"
+        assert r["prediction"] == speechmmlu_option(r["reply"]).upper()
+        assert r["correct"] == (r["prediction"] == r["answer"])
+    assert rep["metrics"]["accuracy"] == pytest.approx(100.0 * sum(r["correct"] for r in recs) / 3)
+    # s2t: beginning, 2 spoken questions and the test question are audio segments; answers are text; mixed -> [Int]:
+    ids = mimo.ids
+    for req in seen:
+        assert req.task == "speech_mmlu" and req.config.max_new_tokens == req.config.min_new_tokens == 4  # --max 4
+        row = req.grid[0].tolist()
+        assert row.count(ids.sosp) == 4 and row.count(ids.eosp) == 4
+        text = [t for t in row if t >= 0]
+        prefix = mimo.text.encode("[Int]:")
+        assert text[: len(prefix)] == prefix
+    seen.clear()
+    rep = evaluate("mcq", str(speechmmlu), tmp_path / "t2t", mimo=mimo, progress=False,
+                   options={"shots": 2, "modality": "t2t"}, limit=1, seed=0)
+    (req,) = seen
+    assert (req.config.min_new_tokens, req.config.max_new_tokens) == (5, 10)  # the toolkit's text-answer limits
+    assert rep["count"] == 1 and ids.sosp not in req.grid[0].tolist()  # all text: no audio, no prefix
+    text = [t for t in req.grid[0].tolist() if t >= 0]
+    assert mimo.text.decode(text).startswith("The following are questions about astronomy.")
+    # the paper's setting (5 shots) names the benchmark; this subject has 2 examples, so every item fails, counted
+    rep = evaluate("mcq", str(speechmmlu), tmp_path / "five", mimo=mimo, progress=False, **GEN)
+    assert rep["benchmark"] == "speechmmlu-s2t" and rep["paper"] == {"accuracy": 69.5}
+    assert rep["count"] == 0 and rep["failed"] == 3 and "5 shots asked" in next(iter(rep["failure_reasons"]))
+
+
+@needs_espeak
+def test_speechmmlu_answer_extraction_by_hand(speechmmlu, mimo, tmp_path, monkeypatch):
+    """The replies are set by hand; SPEC §9.1: the first `option X` in the lower-cased text decides."""
+    _mmlu_spy(monkeypatch, texts=["Option b, or maybe option A", "the answer is a", "OPTION  B."])
+    rep = evaluate("mcq", str(speechmmlu), tmp_path / "h", mimo=mimo, progress=False, options={"shots": 1},
+                   batch_size=3, **GEN)
+    recs = lines(tmp_path / "h" / "items.jsonl")
+    assert [(r["prediction"], r["answer"], r["correct"]) for r in recs] == [
+        ("B", "B", True), ("", "A", False), ("B", "B", True)]
+    assert rep["metrics"]["accuracy"] == pytest.approx(200.0 / 3)
+
+
+@needs_espeak
+def test_speechmmlu_spoken_answers(speechmmlu, mimo, tmp_path, monkeypatch):
+    seen = _mmlu_spy(monkeypatch, speech=True)
+    out = tmp_path / "s2s"
+    rep = evaluate("mcq", str(speechmmlu), out, mimo=mimo, progress=False, limit=1,
+                   options={"shots": 1, "modality": "s2s"}, max_new_tokens=12, seed=0)
+    (req,) = seen
+    ids = mimo.ids
+    row = req.grid[0].tolist()
+    assert req.task == "speech_mmlu_speech" and row[-4] == ids.sostm  # ends with T("<|sostm|>")
+    text = [t for t in row if t >= 0]
+    assert text[: len(mimo.text.encode("<Spe>:"))] == mimo.text.encode("<Spe>:")  # every item is speech
+    (r,) = lines(out / "items.jsonl")
+    assert r["status"] == "ok" and Path(r["output"]).is_file() and r["scored_on"] == "text channel"
+    assert any("text channel" in n for n in rep["notes"])
+
+
+# ------------------------------------------------------------------------------------------------ MMAU-Pro style
+@needs_espeak
+def test_mmau_pro_open_ended_and_instruction_items(synth, mimo, tmp_path, monkeypatch):
+    """Closed items by string match, open-ended ones by word-token F1 against the reference (or a local judge's
+    1-5 grade / 5), instruction-following items left out with the reason; `overall` weighs items equally."""
+    d = synth.parent
+    rows = [{"id": "c", "audio_path": ["utt0.wav"], "question": "What is heard?", "choices": ["speech", "music"],
+             "answer": "speech", "category": "speech"},
+            {"id": "o", "audio_path": ["utt1.wav", "utt2.wav"], "question": "What happens?", "choices": [],
+             "answer": "a dog barking", "category": "open"},
+            {"id": "i", "audio_path": ["utt0.wav"], "question": "Repeat in capitals.", "choices": [],
+             "answer": "", "category": "instruction following", "task_identifier": "All Uppercase"}]
+    data = tmp_path / "mmau-pro-test.json"
+    data.write_text(json.dumps(rows), encoding="utf-8")
+    (it,) = [x for x in load_items(str(data)) if x["id"] == "o"]
+    assert it["audio"] == [str(tmp_path / "utt1.wav"), str(tmp_path / "utt2.wav")]  # a list of clips, resolved
+    for name in ("utt0.wav", "utt1.wav", "utt2.wav"):
+        shutil.copy(d / name, tmp_path / name)
+    seen = _mmlu_spy(monkeypatch, texts=["speech", "The dog is barking loudly."])
+    rep = evaluate("mcq", str(data), tmp_path / "p", mimo=mimo, progress=False, **GEN)
+    assert rep["benchmark"] == "mmau-pro" and rep["paper"] == {"overall": 53.35}
+    assert rep["count"] == 2 and rep["failed"] == 1 and "instruction-following" in next(iter(rep["failure_reasons"]))
+    # open: 5 reply tokens, 3 reference tokens, 2 shared (dog, barking): P 0.4, R 2/3, F1 0.5
+    assert rep["metrics"] == pytest.approx({"accuracy": 100.0, "accuracy/speech": 100.0, "open_score": 50.0,
+                                            "open_f1": 50.0, "overall": 75.0})
+    assert seen[1].grid[0].tolist().count(mimo.ids.sosp) == 2  # both clips of the open item
+    recs = {r["id"]: r for r in lines(tmp_path / "p" / "items.jsonl")}
+    assert recs["o"]["kind"] == "open" and recs["o"]["f1"] == pytest.approx(0.5) and "correct" not in recs["o"]
+    # a local judge through the python hook: its grade 4 of 5 replaces the F1 as the score
+    (tmp_path / "toy_judge.py").write_text(
+        "PROMPTS = []\nclass J:\n    def generate(self, prompt):\n        PROMPTS.append(prompt)\n        return 'Grade: 4'\n"
+        "def load():\n    return J()\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen.clear()
+    rep = evaluate("mcq", str(data), tmp_path / "pj", mimo=mimo, progress=False,
+                   options={"answer_judge": "python:toy_judge:load"}, **GEN)
+    import toy_judge
+
+    assert len(toy_judge.PROMPTS) == 1 and "Reference answer: a dog barking" in toy_judge.PROMPTS[0]
+    assert "Answer: The dog is barking loudly." in toy_judge.PROMPTS[0]
+    assert rep["metrics"]["open_score"] == pytest.approx(80.0) and rep["metrics"]["overall"] == pytest.approx(90.0)
+    assert rep["metrics"]["open_f1"] == pytest.approx(50.0) and rep["judges"]["answer_judge"] == "python:toy_judge:load"
+
+
+@needs_espeak
+def test_speechmmlu_from_the_hub_name_and_misuse(speechmmlu, synth, mimo, tmp_path, monkeypatch):
+    """hf:XiaomiMiMo/SpeechMMLU downloads the repository whole (the rows name files in it) and reads the folder."""
+    import huggingface_hub
+
+    from mimo_audio.errors import MimoAudioError
+    from mimo_audio.eval.data import detect_layout
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, repo_type: calls.append((repo_id, repo_type)) or str(speechmmlu))
+    assert detect_layout("hf:XiaomiMiMo/SpeechMMLU") == "speechmmlu"
+    assert [it["id"] for it in load_items("hf:XiaomiMiMo/SpeechMMLU")] == [f"astronomy_{i}" for i in range(3)]
+    assert calls == [("XiaomiMiMo/SpeechMMLU", "dataset")]
+    with pytest.raises(MimoAudioError, match="SpeechMMLU data is evaluated with the mcq task, not asr"):
+        evaluate("asr", str(speechmmlu), tmp_path / "a", mimo=mimo, progress=False)
+    with pytest.raises(MimoAudioError, match="modality .* applies to SpeechMMLU data"):
+        evaluate("mcq", str(synth), tmp_path / "b", mimo=mimo, progress=False, options={"modality": "s2s"})

@@ -103,11 +103,17 @@ class AudioTokenizer(nn.Module):
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike = "XiaomiMiMo/MiMo-Audio-Tokenizer",
                         device: str | torch.device | None = None,
-                        dtype: str | torch.dtype | None = None) -> AudioTokenizer:
+                        dtype: str | torch.dtype | None = None, quantize: str | None = None) -> AudioTokenizer:
         """Load a released-format tokenizer (``config.json`` + safetensors) from a folder or a hub id.
 
         ``dtype`` (default float32) applies to the networks; codebooks and the ISTFT window stay float32.
+        ``quantize="int8"``: int8 weight-only (torchao) for the linear layers of the transformer layers, after
+        loading (see :func:`mimo_audio.quantize.quantize_codec` and docs/benchmarks.md "Audio tokenizer
+        quantization, measured"); other schemes are refused.
         """
+        from . import quantize as qz
+
+        scheme = qz.check_codec_scheme(quantize, device, dtype)
         folder = checkpoint.resolve(path_or_hub_id)
         config = TokenizerConfig.from_file(Path(folder) / "config.json")
         dev = checkpoint.parse_device(device)
@@ -118,7 +124,8 @@ class AudioTokenizer(nn.Module):
         keep = lambda name: name.startswith("quantizer.") or name == "vocoder.window"
         checkpoint.load_into(model, tensors, rename=released_to_ours, optional=lambda k: bool(OPTIONAL_KEYS.fullmatch(k)),
                              dtype=dt, device=dev, keep_dtype=keep, source=str(folder))
-        return model._finalize()
+        model._finalize()
+        return qz.quantize_codec(model, scheme) if scheme else model
 
     def _finalize(self) -> AudioTokenizer:
         for p in self.quantizer.codebooks:

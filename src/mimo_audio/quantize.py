@@ -267,6 +267,43 @@ def layer_formats(lm: nn.Module) -> dict[str, str]:
     return {n: type(m.weight).__name__ for n, m in lm.named_modules() if isinstance(m, nn.Linear)}
 
 
+# ============================================================================================ audio tokenizer
+def codec_target_names(codec: nn.Module) -> list[str]:
+    """The ``nn.Linear`` layers of the audio tokenizer's transformer layers (encoder, decoder, vocoder): 99 % of
+    its weights. Convolutions, norms, the RVQ codebooks, the vocoder's input embedding and its ISTFT head stay."""
+    return [n for n, m in codec.named_modules() if isinstance(m, nn.Linear)
+            and n.split(".")[0] in ("encoder", "decoder", "vocoder") and ".layers." in n]
+
+
+#: what docs/benchmarks.md "Audio tokenizer quantization, measured" supports (int4 was not measured for the codec)
+CODEC_SCHEMES = ("int8",)
+
+
+def check_codec_scheme(scheme, device=None, dtype=None) -> str | None:
+    """Validate ``AudioTokenizer.from_pretrained(quantize=...)`` before anything is loaded: ``int8`` (measured:
+    3.8 x fewer weight bytes than float32, output closer to float32 than a bfloat16 copy's); ``int4`` is refused
+    (not measured for the audio tokenizer); the device and dtype checks of :func:`check_scheme` apply."""
+    s = parse_scheme(scheme)
+    if s is None:
+        return None
+    if s not in CODEC_SCHEMES:
+        raise QuantizationError(f"the audio tokenizer supports quantize='int8' only: {s} was not measured for it "
+                                "(docs/benchmarks.md, 'Audio tokenizer quantization, measured'); use int8 or none")
+    return check_scheme(s, checkpoint.parse_device(device), checkpoint.parse_dtype(dtype))
+
+
+def quantize_codec(codec: nn.Module, scheme) -> nn.Module:
+    """Weight-only quantization of an already-loaded :class:`~mimo_audio.codec.AudioTokenizer` in place: every
+    layer of :func:`codec_target_names` becomes a torchao tensor (checked; a silent fallback is refused)."""
+    s = check_codec_scheme(scheme, codec.device, codec.dtype)
+    if s is None:
+        return codec
+    for name in codec_target_names(codec):
+        quantize_linear(codec.get_submodule(name), s, name=name)
+    codec.quantization = s
+    return codec
+
+
 # ============================================================================================ real bytes
 def tensor_bytes(t: torch.Tensor) -> int:
     """Bytes a tensor really holds: for a torchao tensor the sum of its inner tensors (data, scales, zero points),

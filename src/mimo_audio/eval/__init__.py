@@ -73,14 +73,28 @@ def evaluate(task: str, data: str, out_dir: str | os.PathLike, *, model: str | N
 
         codec = AudioTokenizer.from_pretrained(tokenizer, device=device, dtype=dtype)
     dev = str(getattr(mimo or codec, "device", device or "cpu"))
-    if options.get("shots"):
+    if options.get("shots") is not None and task != "mcq":
+        raise MimoAudioError("shots applies to the mcq task (few-shot audio QA with the Base model)")
+    if options.get("modality") and layout != "speechmmlu":
+        raise MimoAudioError("modality (s2t, s2s, t2t, t2s) applies to SpeechMMLU data (a folder with "
+                             "few_shot_prompts.json, or hf:XiaomiMiMo/SpeechMMLU)")
+    if layout == "speechmmlu":
         if task != "mcq":
-            raise MimoAudioError("shots applies to the mcq task (few-shot audio QA with the Base model)")
-        if benchmark == "mmau":
-            benchmark = "mmau-5-shot" if int(options["shots"]) == 5 else None
+            raise MimoAudioError(f"SpeechMMLU data is evaluated with the mcq task, not {task}")
+        from .tasks import SPEECHMMLU_SHOTS
+
+        options.setdefault("modality", "s2t")
+        options.setdefault("shots", SPEECHMMLU_SHOTS)
+        paper_setting = int(options["shots"]) == SPEECHMMLU_SHOTS and not benchmark
+        benchmark = f"speechmmlu-{options['modality']}" if paper_setting else benchmark
+    elif options.get("shots") and benchmark == "mmau":
+        benchmark = "mmau-5-shot" if int(options["shots"]) == 5 else None
     notes = []
-    if judge is None and (t.speech_out or options.get("reply") == "speech"):
-        notes.append(f"no --judge: the {task} speech was not transcribed, so there is no WER/CER; pass --judge "
+    speech_reply = t.speech_out or options.get("reply") == "speech" or str(options.get("modality", "")).endswith("2s")
+    if judge is None and speech_reply:
+        what = ("the spoken answers were scored on the model's own text channel, not on a transcript of the "
+                "speech as the paper does" if task == "mcq" else "there is no WER/CER")
+        notes.append(f"no --judge: the {task} speech was not transcribed, so {what}; pass --judge "
                      "(tiny.en or base offline with their packages, large-v3 online or as a CTranslate2 folder)")
     if speaker_model is None and task in ("voice", "few-shot-s2s"):
         notes.append("no --speaker-model: no speaker similarity (pass --speaker-model resemblyzer)")
@@ -89,9 +103,14 @@ def evaluate(task: str, data: str, out_dir: str | os.PathLike, *, model: str | N
             print(f"mimo-audio eval: note: {n}", file=sys.stderr)
     answer_judge = None
     if options.get("answer_judge"):
-        if task != "dialogue":
-            raise MimoAudioError("answer_judge applies to the dialogue task")
-        if str(options["answer_judge"]) == str(model):
+        if task not in ("dialogue", "mcq"):
+            raise MimoAudioError("answer_judge applies to the dialogue task and to open-ended mcq items")
+        if str(options["answer_judge"]).startswith("python:"):
+            from .judges import load_python_hook
+
+            answer_judge = load_python_hook(str(options["answer_judge"]), "--answer-judge", "generate",
+                                            "generate(prompt: str) -> str")
+        elif str(options["answer_judge"]) == str(model):
             answer_judge = mimo
         else:
             from ..pipeline import MimoAudio

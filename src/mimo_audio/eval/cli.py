@@ -66,7 +66,8 @@ def cmd_eval(args) -> int:
     from . import evaluate
 
     options = {"with_voice": args.with_voice or None, "thinking": args.thinking or None,
-               "mcq_format": args.mcq_format, "reply": args.reply, "num_quantizers": args.num_quantizers, "shots": args.shots, "answer_judge": args.answer_judge}
+               "mcq_format": args.mcq_format, "reply": args.reply, "num_quantizers": args.num_quantizers, "shots": args.shots, "answer_judge": args.answer_judge,
+               "modality": args.modality}
     report = evaluate(args.task, args.data, args.output, model=args.model, tokenizer=args.tokenizer,
                       device=_device(args), dtype=args.dtype, limit=args.limit, split=args.split, judge=args.judge,
                       speaker_model=args.speaker_model, batch_size=args.batch_size, benchmark=args.benchmark,
@@ -103,8 +104,10 @@ def add_eval_commands(subparsers) -> None:
                                           "mcq, dialogue. Sharded under torchrun, resumable.")
     p.add_argument("task", choices=list(TASKS), help="what to evaluate")
     p.add_argument("--data", required=True, help="a .jsonl manifest, a .json list (MMAU), a LibriSpeech / AISHELL-1 / "
-                                                 "Seed-TTS-Eval folder or meta.lst, or hf:NAME[:CONFIG][@SPLIT]")
-    p.add_argument("--split", default=None, help="AISHELL-1 wav/ subfolder (test) or a Hugging Face split")
+                                                 "Seed-TTS-Eval folder or meta.lst, a SpeechMMLU folder, or "
+                                                 "hf:NAME[:CONFIG][@SPLIT]")
+    p.add_argument("--split", default=None, help="AISHELL-1 wav/ subfolder (test), SpeechMMLU subjects "
+                                                   "(comma-separated; default all) or a Hugging Face split")
     p.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="folder for the report (resumed if it "
                                                                                 "holds a run with the same settings)")
     p.add_argument("--judge", default=None, help="ASR judge for speech outputs: a faster-whisper name (large-v3, "
@@ -119,7 +122,11 @@ def add_eval_commands(subparsers) -> None:
     p.add_argument("--mcq-format", choices=("mmau", "mmsu"), default=None,
                    help="mcq prompt and answer rule: mmau (choices listed, string match) or mmsu (A-D letters)")
     p.add_argument("--shots", type=int, default=None, help="mcq: N-shot audio QA for the Base model (examples drawn "
-                                                           "from the data set, seed 42; the paper's MMAU is 5-shot)")
+                                                           "from the data set, seed 42; the paper's MMAU is 5-shot); "
+                                                           "SpeechMMLU: the subject's first N examples (default 5)")
+    p.add_argument("--modality", choices=("s2t", "s2s", "t2t", "t2s"), default=None,
+                   help="mcq on SpeechMMLU: spoken or text questions (s2*/t2*) and answers (*2t/*2s); default s2t, "
+                        "5 shots (--shots)")
     p.add_argument("--reply", choices=("text", "speech"), default=None, help="dialogue: reply in text (default) or speech")
     p.add_argument("--answer-judge", default=None, metavar="MODEL",
                    help="dialogue: a local MiMo-Audio LM (folder or hub id) that judges each reply against the "

@@ -11,11 +11,12 @@ ASR judges (``--judge``):
 
 Speaker encoders (``--speaker-model``): ``resemblyzer`` (its bundled GE2E encoder), or ``python:MODULE:FACTORY``,
 a callable returning an object with ``embed(wav_16k: np.ndarray) -> np.ndarray`` (e.g. a WavLM speaker-
-verification model you have). Both signals are resampled to 16 kHz; similarity is the cosine of the embeddings.
+verification model you have; ``wavlm`` itself is refused with the reason, :data:`WAVLM_UNSUPPORTED`). Both signals are resampled to 16 kHz; similarity is the cosine of the embeddings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -172,17 +173,35 @@ def load_speaker_encoder(spec: str | None, *, device: str = "cpu"):
     if spec == "resemblyzer":
         return ResemblyzerEncoder(device)
     if spec.startswith("python:"):
-        mod, _, fn = spec[7:].partition(":")
-        try:
-            factory = getattr(importlib.import_module(mod), fn or "load")
-        except (ImportError, AttributeError) as exc:
-            raise JudgeError(f"--speaker-model {spec}: {exc}") from None
-        enc = factory()
-        if not hasattr(enc, "embed"):
-            raise JudgeError(f"--speaker-model {spec}: the factory's object has no embed(wav_16k) method")
-        enc.id = getattr(enc, "id", spec)
-        return enc
+        return load_python_hook(spec, "--speaker-model", "embed", "embed(wav_16k)")
+    if spec == "wavlm" or spec.startswith("wavlm:"):
+        raise JudgeError(WAVLM_UNSUPPORTED)
     raise JudgeError(f"unknown --speaker-model {spec!r}; use resemblyzer or python:MODULE:FACTORY")
+
+
+#: why there is no built-in WavLM speaker encoder (docs/evaluation.md, "WavLM speaker verification")
+WAVLM_UNSUPPORTED = (
+    "--speaker-model wavlm is not built in: the paper's checkpoint (UniSpeech's wavlm_large_finetune.pth, a hand "
+    "download) holds weights for UniSpeech's WavLM-large + ECAPA-TDNN model code, which this project would have to "
+    "re-implement without that checkpoint to check it against, and the Hugging Face WavLM x-vector models need "
+    "transformers, which this project does not depend on; wrap the model you have in a factory and pass "
+    "--speaker-model python:MODULE:FACTORY (an object with embed(wav_16k) -> vector; example in "
+    "docs/evaluation.md, 'WavLM speaker verification')")
+
+
+def load_python_hook(spec: str, option: str, method: str, signature: str):
+    """``python:MODULE:FACTORY`` (FACTORY defaults to ``load``) -> ``FACTORY()``, which must have ``method``."""
+    mod, _, fn = spec[7:].partition(":")
+    try:
+        factory = getattr(importlib.import_module(mod), fn or "load")
+    except (ImportError, AttributeError) as exc:
+        raise JudgeError(f"{option} {spec}: {exc}") from None
+    obj = factory()
+    if not hasattr(obj, method):
+        raise JudgeError(f"{option} {spec}: the factory's object has no {signature} method")
+    with contextlib.suppress(AttributeError):  # a read-only object: the settings name the spec anyway
+        obj.id = getattr(obj, "id", spec)
+    return obj
 
 
 def similarity(encoder, a: np.ndarray, b: np.ndarray) -> float:

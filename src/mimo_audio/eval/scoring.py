@@ -203,3 +203,22 @@ def score_choice(reply: str, answer: str, choices: Sequence[str], *, rule: str =
         pred = mmsu_letter(text) if rule == "letter" else speechmmlu_option(text)
         return {"prediction": pred, "correct": bool(pred) and pred.upper() == gold.upper()}
     raise ValueError(f"unknown rule {rule!r}; use 'string', 'letter' or 'option'")
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Word-token F1 of a free answer against a reference answer (counts, lower-cased ``\\w+`` tokens), in [0, 1]:
+    the reference-based score of open-ended items::
+
+        >>> round(token_f1("a dog is barking", "the dog barks"), 4)  # 1 common token: P 1/4, R 1/3, F1 2/7
+        0.2857
+    """
+    from collections import Counter
+
+    p, r = re.findall(r"\w+", prediction.lower()), re.findall(r"\w+", reference.lower())
+    if not p or not r:
+        return float(p == r)
+    common = sum((Counter(p) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)

@@ -17,7 +17,17 @@ import numpy as np
 
 from ..errors import MimoAudioError
 from .judges import JUDGE_RATE, similarity, to_16k
-from .scoring import error_rates, is_chinese, normalize_text, score_choice, string_match, word_errors
+from .scoring import (
+    after_thinking,
+    error_rates,
+    is_chinese,
+    normalize_text,
+    score_choice,
+    speechmmlu_option,
+    string_match,
+    token_f1,
+    word_errors,
+)
 
 VOICE_INSTRUCTION = "Convert the timbre of the input speech to target timbre."
 MMSU_INSTRUCTION = ("Choose the most suitable answer from options A, B, C, and D to respond the question in next line, "
@@ -35,6 +45,7 @@ class EvalContext:
     speaker: Any = None
     gen: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+    codes_cache: dict = field(default_factory=dict)  # audio path -> codes (SpeechMMLU's prompt clips repeat)
 
     @property
     def audio_dir(self) -> Path:
@@ -400,42 +411,100 @@ def few_shot_examples(items: list[dict], item: dict, shots: int, seed: int = 42)
              "answer": ex["answer"]} for ex in picked]
 
 
+OPEN_CATEGORY = "open"  # MMAU-Pro's open-ended items
+IF_CATEGORY = "instruction following"  # MMAU-Pro's instruction-following items (rule checks; not implemented)
+
+
+def mcq_kind(item: dict) -> str:
+    """``closed`` (choices), ``open`` (MMAU-Pro category ``open``, or no choices: a free answer scored against the
+    reference) or ``if`` (MMAU-Pro's instruction-following items)."""
+    if item.get("category") == IF_CATEGORY:
+        return "if"
+    if item.get("category") == OPEN_CATEGORY or not item.get("choices"):
+        return "open"
+    return "closed"
+
+
 class MCQ(Task):
-    """Multiple choice over audio (MMAU / MMAR / MMSU style): the instruct model's understand task, or with
-    ``shots`` > 0 the base model's few-shot audio QA (SPEC §6.3.14; MMAU 5-shot in the paper)."""
+    """Multiple choice over audio (MMAU / MMAR / MMSU / MMAU-Pro style): the instruct model's understand task, or
+    with ``shots`` > 0 the base model's few-shot audio QA (SPEC §6.3.14; MMAU 5-shot in the paper). SpeechMMLU
+    data goes to :func:`speechmmlu_process`. Open-ended items (MMAU-Pro) get the question alone and are scored
+    against the reference: word-token F1, or a local answer judge's 1-5 grade divided by 5."""
 
     name = "mcq"
 
     def process(self, ctx, items):
+        if items and "mmlu_prompt" in items[0]:
+            return speechmmlu_process(ctx, items)
         fmt = ctx.options.get("mcq_format") or "mmau"
         thinking = bool(ctx.options.get("thinking"))
         shots = int(ctx.options.get("shots") or 0)
-        kws = []
-        for it in items:
-            if not _mcq_ok(it):
-                kws.append(None)
+        kws, early = [], {}
+        for n, it in enumerate(items):
+            kind = mcq_kind(it)
+            has_answer = it.get("audio") is not None and isinstance(it.get("answer"), str) and bool(it["answer"].strip())
+            if kind == "if":
+                early[n] = failed("MMAU-Pro instruction-following item: its rule checks are not implemented "
+                                  "(docs/evaluation.md, 'Comparable to the paper'); left out of the score")
+            elif not has_answer or (kind == "closed" and not _mcq_ok(it)):
+                early[n] = failed("the item needs 'audio', 'question', a list 'choices' and the 'answer' string "
+                                  "(an open-ended item: 'audio', 'question' and the reference 'answer')")
+            elif kind == "open" and shots:
+                early[n] = failed("open-ended items are not run in the few-shot (--shots) form")
+            elif kind == "open":
+                kws.append({"audio": it["audio"], "question": f"{it.get('question', '')}\n", "thinking": thinking})
+                continue
             elif shots:
                 from ..prompt import multiple_choice
 
                 kws.append({"audio": it["audio"], "question": multiple_choice(it.get("question", ""), it["choices"]),
                             "examples": few_shot_examples(ctx.options["all_items"], it, shots)})
+                continue
             else:
                 kws.append({"audio": it["audio"], "question": mcq_question(it, fmt), "thinking": thinking})
-        out = []
-        for it, _kw, fail, reply in _generate(ctx, "audio_qa" if shots else "understand", items, kws,
-                                             "the item needs 'audio', 'question', a list 'choices' and the 'answer' string"):
-            if fail is not None:
-                out.append(fail)
                 continue
-            rule = "letter" if fmt == "mmsu" else "string"
-            s = score_choice(reply.text, it["answer"], it["choices"], rule=rule, thinking=thinking)
-            out.append({"audio": _describe(it["audio"]), "question": it.get("question"), "answer": it["answer"],
-                        "reply": reply.text, "prediction": s["prediction"], "correct": s["correct"],
-                        "category": it.get("category"), "finish_reason": reply.finish_reason})
+            kws.append(None)
+        out = []
+        rule = "letter" if fmt == "mmsu" else "string"
+        for n, (it, _kw, fail, reply) in enumerate(_generate(ctx, "audio_qa" if shots else "understand", items, kws,
+                                                             "")):
+            if n in early or fail is not None:
+                out.append(early.get(n) or fail)
+                continue
+            rec = {"audio": _describe(it["audio"]), "question": it.get("question"), "answer": it["answer"],
+                   "reply": reply.text, "category": it.get("category"), "kind": mcq_kind(it),
+                   "finish_reason": reply.finish_reason}
+            if rec["kind"] == "open":
+                answer = after_thinking(reply.text) if thinking else reply.text
+                rec.update(prediction=answer.strip(), f1=token_f1(answer, it["answer"]))
+                rec["score"] = rec["f1"]
+            else:
+                s = score_choice(reply.text, it["answer"], it["choices"], rule=rule, thinking=thinking)
+                rec.update(prediction=s["prediction"], correct=s["correct"])
+            out.append(rec)
+        judge = ctx.options.get("answer_judge_model")
+        opened = [r for r in out if r.get("kind") == "open"]
+        if judge is not None and opened:
+            grades = grade_answers(judge, [(r["question"] or "", r["answer"], r["prediction"]) for r in opened])
+            for r, (grade, raw) in zip(opened, grades):
+                r.update(judge_reply=raw, judge_grade=grade)
+                if grade is None:
+                    r.clear()
+                    r.update(failed(f"the answer judge gave no 1-5 grade (it said {raw[:80]!r})"))
+                else:
+                    r["score"] = grade / 5.0
         return out
 
     def metrics(self, records):
-        return accuracy_metrics(records)
+        closed = [r for r in records if r.get("kind") != "open"]
+        opened = [r for r in records if r.get("kind") == "open"]
+        m = accuracy_metrics(closed)
+        if opened:
+            m["open_score"] = 100.0 * sum(r["score"] for r in opened) / len(opened)
+            m["open_f1"] = 100.0 * sum(r["f1"] for r in opened) / len(opened)
+            m["overall"] = 100.0 * (sum(bool(r.get("correct")) for r in closed) + sum(r["score"] for r in opened)) \
+                / (len(closed) + len(opened))
+        return m
 
 
 def accuracy_metrics(records: list[dict]) -> dict:
@@ -518,13 +587,156 @@ def judge_answers(judge, triples: list[tuple[str, str, str]]) -> list[tuple[str 
     gives neither (the item then counts as not correct)."""
     if not triples:
         return []
-    msgs = [[{"role": "user", "text": ANSWER_JUDGE_PROMPT.format(question=q or "(spoken)", reference=ref, reply=rep)}]
-            for q, ref, rep in triples]
-    replies = judge.chat(msgs, reply="text", greedy=True, max_new_tokens=16)
+    raws = ask_judge(judge, [ANSWER_JUDGE_PROMPT.format(question=q or "(spoken)", reference=ref, reply=rep)
+                             for q, ref, rep in triples])
     out = []
-    for r in replies:
-        m = re.search(r"\b(yes|no)\b", r.answer.lower())
-        out.append((m.group(1) if m else None, r.answer))
+    for raw in raws:
+        m = re.search(r"\b(yes|no)\b", raw.lower())
+        out.append((m.group(1) if m else None, raw))
+    return out
+
+
+# ============================================================================================ SpeechMMLU
+SPEECHMMLU_MODES = ("s2t", "s2s", "t2t", "t2s")
+SPEECHMMLU_SHOTS = 5  # the paper's setting (Table 6)
+
+
+def _cached_codes(ctx: EvalContext, audio: Any):
+    key = audio if isinstance(audio, str) else None
+    if key is not None and key in ctx.codes_cache:
+        return ctx.codes_cache[key]
+    codes = ctx.mimo.encode(audio)
+    if key is not None:
+        if len(ctx.codes_cache) > 4096:
+            ctx.codes_cache.clear()
+        ctx.codes_cache[key] = codes
+    return codes
+
+
+def speechmmlu_items(ctx: EvalContext, item: dict, mode: str, shots: int) -> list[dict]:
+    """The prompt items of SPEC §6.3.12 for one question: the subject's beginning, ``shots`` × (question, answer)
+    from the subject's few-shot prompts in the item's voice, then the test question. Input items (beginning,
+    questions) are speech (``{"audio": codes}``) in s2* modes and text otherwise; answers are spoken
+    (``{"audio", "transcript"}``: an ``S`` segment) in *2s modes and text otherwise."""
+    p = item["mmlu_prompt"]
+    if shots > len(p["examples"]):
+        raise MimoAudioError(f"{shots} shots asked but subject {item['subject']!r} has {len(p['examples'])} "
+                             "few-shot examples; pass --shots with at most that many")
+    speech_in, speech_out = mode[0] == "s", mode[-1] == "s"
+
+    def source(part: dict) -> dict:
+        return {"audio": _cached_codes(ctx, part["audio"])} if speech_in else {"text": part["text"]}
+
+    out = [source(p["beginning"])]
+    for ex in p["examples"][:shots]:
+        out.append(source(ex["question"]))
+        ans = ex["answer"]
+        out.append({"audio": _cached_codes(ctx, ans["audio"]), "transcript": ans["text"]} if speech_out
+                   else {"text": ans["text"]})
+    out.append(source({"text": item["question"], "audio": item["audio"]}))
+    return out
+
+
+def _speechmmlu_request(ctx: EvalContext, items: list[dict], speech_out: bool):
+    """A :class:`~mimo_audio.batch.TaskRequest` for the base model's few-shot QA task of the task table
+    (``speech_mmlu`` / ``speech_mmlu_speech``: greedy ``qa`` preset, 5-10 / 10-25 new groups), with the run's
+    generation settings applied as ``MimoAudio.prepare`` applies them."""
+    from dataclasses import replace
+
+    from ..batch import TaskRequest
+    from ..errors import PromptError
+    from ..sampling import GREEDY
+    from ..tasks import get_task
+
+    spec = get_task("speech_mmlu_speech" if speech_out else "speech_mmlu")
+    grid = spec.prompt(ctx.mimo.prompts, items)
+    groups = int(grid.shape[1]) // int(ctx.mimo.lm.config.group_size)
+    room = ctx.mimo.max_positions - groups
+    if room < 1:
+        raise PromptError(f"the prompt takes {groups} positions but the model has {ctx.mimo.max_positions}; "
+                          "use fewer --shots")
+    g = ctx.gen
+    text, local = spec.samplers
+    if g.get("greedy"):
+        text = local = GREEDY
+    changes = {k: g[k] for k in ("temperature", "top_k", "top_p") if g.get(k) is not None}
+    if changes:
+        text = replace(text, do_sample=True, **changes)
+    config = spec.config(text=text, local=local, stop_ids=spec.stop_ids(ctx.mimo.ids), seed=g.get("seed"),
+                         max_new_tokens=min(int(g.get("max_new_tokens") or spec.max_new_tokens), room))
+    if config.min_new_tokens > config.max_new_tokens:
+        config = replace(config, min_new_tokens=config.max_new_tokens)
+    return TaskRequest(task=spec.name, grid=grid, config=config, audio_out=spec.reply == "speech",
+                       span_open=bool(spec.audio_open), prompt_groups=groups)
+
+
+def speechmmlu_process(ctx: EvalContext, items: list[dict]) -> list[dict]:
+    """SpeechMMLU (base model, few-shot; SPEC §6.3.12 and §9.1): the answer is the first ``option X`` in the
+    lower-cased text reply (zh: ``选项X`` with spaces removed); a spoken reply is read by the ``--judge`` (the
+    paper: whisper-large-v3), or by the model's own text channel when there is no judge."""
+    mode = ctx.options.get("modality") or "s2t"
+    if mode not in SPEECHMMLU_MODES:
+        raise MimoAudioError(f"unknown SpeechMMLU modality {mode!r}; use one of {', '.join(SPEECHMMLU_MODES)}")
+    shots = int(ctx.options.get("shots") if ctx.options.get("shots") is not None else SPEECHMMLU_SHOTS)
+    speech_out = mode[-1] == "s"
+    reqs, fails = [], []
+    for it in items:
+        try:
+            reqs.append(_speechmmlu_request(ctx, speechmmlu_items(ctx, it, mode, shots), speech_out))
+            fails.append(None)
+        except MimoAudioError as exc:
+            reqs.append(None)
+            fails.append(failed(f"{type(exc).__name__}: {' '.join(str(exc).split())}"))
+    out = []
+    for it, fail, reply in zip(items, fails, _run(ctx, reqs)):
+        if fail is not None:
+            out.append(fail)
+            continue
+        lang = _language(it, it["question"])
+        rec = {"audio": _describe(it["audio"]), "question": it["question"], "answer": it["answer"],
+               "category": it["subject"], "voice_id": it.get("voice_id"), "modality": mode, "shots": shots,
+               "reply": reply.text, "finish_reason": reply.finish_reason}
+        read = reply.text
+        if speech_out:
+            if reply.audio is None or reply.audio.numel() == 0:
+                out.append(failed(f"the model produced no speech (finish: {reply.finish_reason})"))
+                continue
+            rec["output"] = _save(ctx, it, reply.audio, reply.sample_rate)
+            if ctx.judge is not None:
+                read = ctx.judge.transcribe([to_16k((reply.audio.numpy(), reply.sample_rate))], language=lang)[0]
+                rec["judge_text"] = read
+            rec["scored_on"] = "judge transcript" if ctx.judge is not None else "text channel"
+        pred = speechmmlu_option(read, lang)
+        rec.update(prediction=pred.upper(), correct=bool(pred) and pred.upper() == it["answer"])
+        out.append(rec)
+    return out
+
+
+GRADE_PROMPT = ("You are grading an answer to a question about an audio recording against a reference answer.\n"
+                "Question: {question}\nReference answer: {reference}\nAnswer: {reply}\n"
+                "Rate how correct and complete the answer is, from 1 (wrong) to 5 (fully correct). "
+                "Reply with the number only.")
+
+
+def ask_judge(judge, prompts: list[str]) -> list[str]:
+    """The answer judge's text reply to each prompt: a :class:`MimoAudio` (text dialogue, greedy, 16 new tokens) or
+    any object with ``generate(prompt: str) -> str`` (``--answer-judge python:MODULE:FACTORY``: e.g. a wrapper of
+    the Qwen2.5-7B-Instruct judge the paper's MMAU-Pro scores used)."""
+    if hasattr(judge, "generate") and not hasattr(judge, "chat"):
+        return [str(judge.generate(p)) for p in prompts]
+    replies = judge.chat([[{"role": "user", "text": p}] for p in prompts], reply="text", greedy=True, max_new_tokens=16)
+    return [r.answer for r in replies]
+
+
+def grade_answers(judge, triples: list[tuple[str, str, str]]) -> list[tuple[int | None, str]]:
+    """``(grade 1-5 or None, raw reply)`` per ``(question, reference, reply)``: the first digit 1-5 of the judge's
+    reply."""
+    raws = ask_judge(judge, [GRADE_PROMPT.format(question=q or "(spoken)", reference=ref, reply=rep or "(empty)")
+                             for q, ref, rep in triples]) if triples else []
+    out = []
+    for raw in raws:
+        m = re.search(r"[1-5]", raw)
+        out.append((int(m.group(0)) if m else None, raw))
     return out
 
 
