@@ -8,7 +8,8 @@ atomically with ``complete.json``, the newest ``keep`` kept), the data position 
 the progress bar, validation every ``val_every`` steps, ``--stop-after`` and the final export.
 
 An *objective* supplies the rest (:class:`Objective`): its parts, one optimizer step (:meth:`Objective.step`, which
-may step several optimizers, e.g. a discriminator then a generator), validation and export.
+may step several optimizers, e.g. a discriminator then a generator), validation and export, and optionally
+``after_step(step, output)`` (e.g. writing sample reconstructions).
 """
 
 from __future__ import annotations
@@ -288,6 +289,9 @@ def fit(cfg, make_objective: Callable[[torch.device], Objective], *, out=sys.std
         records.append(rec)
         if rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps):
             _append(metrics, rec)
+        hook = getattr(obj, "after_step", None)
+        if hook is not None:
+            hook(step, output)
         bar.update(1)
         bar.set_postfix(loss=f"{rec['loss']:.4f}", rate=f"{rec[obj.throughput_key]:.0f}")
         if cfg.val_every and step % cfg.val_every == 0 and val_data is not None:
