@@ -23,7 +23,7 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
 CACHE_SECONDS = 1800.0  # decoded audio kept in memory (seconds, per source)
 
 
-def read_clips(source: str, *, out=sys.stderr) -> tuple[list[tuple[str, str | None]], list[str]]:
+def read_clips(source: str) -> tuple[list[tuple[str, str | None]], list[str]]:
     """``(clips, problems)``: ``(audio path, transcript or None)`` per usable entry and one line per skipped one."""
     path = Path(source).expanduser()
     if not path.exists():
@@ -80,19 +80,19 @@ class ClipBatches:
 
     def __init__(self, clips, batch_size: int, samples: int, sample_rate: int, *, seed: int = 0, rank: int = 0,
                  world: int = 1, shuffle: bool = True, skipped: int = 0, problems=(), multiple: int = 1,
-                 out=sys.stderr):
+                 out=None):
         self.clips = list(clips)
         self.batch_size, self.samples, self.rate = batch_size, samples, sample_rate
         self.seed, self.rank, self.world, self.shuffle = seed, rank, world, shuffle
         self.draws, self.skipped = 0, skipped
         self.multiple = multiple  # unshuffled single clips are cut to a multiple of this many samples
         self.bad: set[int] = set()
-        self.out = out
+        self.out = out  # None: sys.stderr at the time of writing
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
         self._cached = 0
         for line in problems:
             if rank == 0:
-                print(f"skipped clip {line}", file=out)
+                print(f"skipped clip {line}", file=out or sys.stderr)
 
     @classmethod
     def from_path(cls, source: str, batch_size: int, samples: int, sample_rate: int, **kw) -> ClipBatches:
@@ -119,7 +119,7 @@ class ClipBatches:
             self.bad.add(i)
             self.skipped += 1
             if self.rank == 0:
-                print(f"skipped clip {audio}: {' '.join(str(exc).split())}", file=self.out)
+                print(f"skipped clip {audio}: {' '.join(str(exc).split())}", file=self.out or sys.stderr)
             return None
         self._cache[i] = wav
         self._cached += wav.numel()

@@ -147,7 +147,7 @@ def _mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
 class CodecObjective:
     throughput_key = "audio_s_per_s"
 
-    def __init__(self, cfg: CodecTrainConfig, device: torch.device, *, data=None, val_data=None, out=sys.stderr):
+    def __init__(self, cfg: CodecTrainConfig, device: torch.device, *, data=None, val_data=None, out=None):
         rank, world = dist_info()
         self.cfg, self.device, self.world, self.out = cfg, device, world, out
         torch.manual_seed(cfg.seed)
@@ -209,7 +209,7 @@ class CodecObjective:
                          else nullcontext())
         if rank == 0 and a2t is not None and not any(t for _, t in getattr(data, "clips", [])[:1000]):
             print("note: the data has no transcripts; the A2T loss is 0 (set a2t-weight = 0 to drop the decoder)",
-                  file=out)
+                  file=out or sys.stderr)
 
     # ------------------------------------------------------------------------------------ pieces
     def _a2t(self, q: torch.Tensor, texts: list) -> torch.Tensor:
@@ -419,9 +419,10 @@ def _intelligibility(ref: torch.Tensor, out: torch.Tensor, rate: int) -> dict:
     return {f"val_{k}": float(sum(v) / len(v)) for k, v in sums.items()}
 
 
-def train_codec(cfg: CodecTrainConfig, *, data=None, val_data=None, out=sys.stderr) -> list[dict]:
+def train_codec(cfg: CodecTrainConfig, *, data=None, val_data=None, out=None) -> list[dict]:
     """Train (or resume) a tokenizer into ``cfg.output`` (stage ``cfg.stage``); returns this call's metric records.
     ``data`` / ``val_data`` replace reading ``cfg.data`` / ``cfg.val_data`` (:class:`ClipBatches` or any batch source
     of ``{"wav", "text", "seconds"}`` with ``state_dict`` / ``load_state_dict``)."""
     cfg.validate()
-    return fit(cfg, lambda device: CodecObjective(cfg, device, data=data, val_data=val_data, out=out), out=out)
+    return fit(cfg, lambda device: CodecObjective(cfg, device, data=data, val_data=val_data, out=out),
+               out=out or sys.stderr)
