@@ -164,6 +164,24 @@ def test_export_round_trip(tmp_path):
     assert sf.info(str(tmp_path / "out.wav")).frames >= wav.numel()
 
 
+def test_init_from_a_released_layout_with_the_lm_text_tokenizer(tmp_path, fixture_path):
+    """--init: the fixture's released-layout tokenizer (20 layers, EMA buffers); A2T over the LM's tokenizer.json."""
+    data = manifest(tmp_path / "d", n=2, seconds=0.5)
+    init = fixture_path / "tokenizer"
+    recs = train_codec(settings(tmp_path, "i", data, init=str(init), text_tokenizer=str(fixture_path / "lm"),
+                                max_steps=2))
+    assert all(math.isfinite(r["loss_a2t"]) and r["loss_a2t"] > 0 for r in recs)
+    assert len(recs[0]["codebook_usage"]) == 20
+    from safetensors import safe_open
+
+    with safe_open(str(init / "model.safetensors"), "pt") as a, \
+            safe_open(str(tmp_path / "i" / "final" / "model.safetensors"), "pt") as b:
+        assert set(a.keys()) == set(b.keys())  # the released key names, EMA buffers included
+        assert all(a.get_slice(k).get_shape() == b.get_slice(k).get_shape() for k in a.keys())  # noqa: SIM118
+    cfg = json.loads((tmp_path / "i" / "final" / "config.json").read_text())
+    assert cfg["d_model"] == 64 and cfg["codebook_size"] == json.loads((init / "config.json").read_text())["codebook_size"]
+
+
 def test_bad_clips_are_skipped_and_counted(tmp_path, capsys):
     d = tmp_path / "d"
     d.mkdir()
@@ -210,3 +228,35 @@ def test_bad_settings_fail_clearly(tmp_path):
     train_codec(settings(tmp_path, "once", data, max_steps=1))
     with pytest.raises(TrainConfigError, match="--resume"):
         train_codec(settings(tmp_path, "once", data, max_steps=1))
+
+
+def _worker(rank, world, init, kws, out):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        result = []
+        for kw in kws:
+            cfg = make_codec_config(read_config("small"), **kw)
+            recs = train_codec(cfg)
+            result.append([r["loss"] for r in recs])
+        torch.save(result, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_two_ranks_both_stages(tmp_path):
+    import torch.multiprocessing as mp
+
+    data = manifest(tmp_path / "d", n=4, seconds=0.5)
+    base = dict(data=data, max_steps=2, batch_size=1, segment_seconds=0.5, progress=False, save_every=1,
+                kmeans_iters=2, stft_ffts=(256, 128), mpd_max_channels=32)
+    s1 = dict(base, output=str(tmp_path / "r1"))
+    s2 = dict(base, output=str(tmp_path / "r2"), stage=2, init=str(tmp_path / "r1" / "final"))
+    mp.spawn(_worker, args=(2, f"file://{tmp_path / 'pg'}", [s1, s2], str(tmp_path / "losses")), nprocs=2, join=True)
+    a, b = torch.load(f"{tmp_path / 'losses'}.0"), torch.load(f"{tmp_path / 'losses'}.1")
+    assert a == b and all(math.isfinite(v) for run in a for v in run)  # the ranks agree on the averaged losses
+    for run in ("r1", "r2"):
+        assert AudioTokenizer.from_pretrained(tmp_path / run / "final") is not None
+        assert json.loads((tmp_path / run / "step-00000002" / "complete.json").read_text())["world"] == 2

@@ -48,7 +48,7 @@ def ours_to_released(name: str) -> str:
 
 def tokenizer_config_dict(config: TokenizerConfig) -> dict:
     d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
-    d["architectures"] = ["MiMoAudioTokenizer"]
+    d.update({"architectures": ["MiMoAudioTokenizer"], "model_type": "mimo_audio_tokenizer"})
     return d
 
 
