@@ -260,3 +260,15 @@ def test_fsdp2_two_ranks_both_stages(tmp_path):
     for run in ("r1", "r2"):
         assert AudioTokenizer.from_pretrained(tmp_path / run / "final") is not None
         assert json.loads((tmp_path / run / "step-00000002" / "complete.json").read_text())["world"] == 2
+
+
+def test_memory_benchmark_prints_its_table():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_codec.py"
+    out = subprocess.run([sys.executable, str(script), "--memory"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [x for x in out.stdout.splitlines() if x.startswith("| 1 |") or x.startswith("| 2 |")]
+    assert len(rows) == 6 and "encoder 638.3 M" in out.stdout
