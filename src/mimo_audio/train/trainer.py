@@ -181,8 +181,9 @@ def load_checkpoint(path: Path, parts: list[Part], data) -> int:
         mk, ok = _keys(part)
         set_state_dict(part.module, part.optimizer, model_state_dict=state[mk], optim_state_dict=state[ok])
     extra = torch.load(path / f"rank-{rank}.pt", weights_only=False)
+    schedulers = extra.get("schedulers") or {"model": extra["scheduler"]}  # a checkpoint of the one-part LM loop
     for part in parts:
-        part.scheduler.load_state_dict(extra["schedulers"][part.name])
+        part.scheduler.load_state_dict(schedulers[part.name])
     data.load_state_dict(extra["data"])
     torch.set_rng_state(extra["rng"])
     if extra["cuda_rng"] is not None and torch.cuda.is_available():
