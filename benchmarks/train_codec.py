@@ -157,9 +157,14 @@ def memory(args) -> None:
     stages = {1: (enc + dec + A, 0, 3 * cb), 2: (dec + D, enc, 3 * cb)}
     acts = {}
     if args.measure_activations:
-        for s in (1, 2):
+        import subprocess
+
+        for s in (1, 2):  # each in its own process: two 1.3 B models at once do not fit a small machine
             t0 = time.time()
-            acts[s] = measure_activations(cfg, s)
+            p = subprocess.run([sys.executable, __file__, "--activations-of", str(s)], capture_output=True, text=True)
+            if p.returncode:
+                raise SystemExit(f"measuring stage {s} failed ({p.returncode}): {p.stderr[-1000:]}")
+            acts[s] = int(p.stdout.split()[-1])
             print(f"stage {s}: {acts[s] / 2**30:.2f} GiB saved for backward per {cfg.segment_seconds} s clip "
                   f"(measured, float32, {time.time() - t0:.0f} s)", flush=True)
         print()
@@ -184,9 +189,13 @@ def main() -> None:
     ap.add_argument("--memory", action="store_true", help="the released sizes' memory table instead")
     ap.add_argument("--measure-activations", action="store_true", help="with --memory: measure activations")
     ap.add_argument("--gpu-batch", type=int, default=8, help="with --memory: clips per GPU")
+    ap.add_argument("--activations-of", type=int, choices=(1, 2), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.activations_of:
+        print(measure_activations(_released_parts()[0], args.activations_of))
+        return
     memory(args) if args.memory else throughput(args)
 
 
