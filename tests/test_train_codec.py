@@ -272,3 +272,23 @@ def test_memory_benchmark_prints_its_table():
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [x for x in out.stdout.splitlines() if x.startswith("| 1 |") or x.startswith("| 2 |")]
     assert len(rows) == 6 and "encoder 638.3 M" in out.stdout
+
+
+def test_cli_module_entry_point(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    data = manifest(tmp_path / "d", n=1, seconds=0.5)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "mimo_audio.train_codec", "--stage", "1", "--config", "small", "--data", data,
+           "--max-steps", "1", "--batch-size", "1", "--segment-seconds", "0.5", "--output", str(tmp_path / "r"),
+           "--device", "cpu", "--lr", "1e-3"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert AudioTokenizer.from_pretrained(tmp_path / "r" / "final") is not None
+    assert json.loads((tmp_path / "r" / "train_config.json").read_text())["lr"] == 1e-3  # the flag overrode the config
+    p = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "already finished" in p.stderr
+    p = subprocess.run(cmd[:4] + ["3"] + cmd[5:], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--stage" in p.stderr

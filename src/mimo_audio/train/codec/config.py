@@ -117,11 +117,6 @@ class CodecTrainConfig:
                 raise TrainConfigError("the [tokenizer] table describes no codebooks; set num_quantizers and "
                                        "codebook_size")
 
-    # the loop reads these names (shared with the LM's TrainConfig)
-    @property
-    def schedule_name(self) -> str:
-        return self.schedule
-
 
 _FIELDS = {f.name: f for f in dataclasses.fields(CodecTrainConfig)}
 _TUPLES = ("betas", "stft_ffts")
