@@ -122,8 +122,13 @@ def _schedule(optimizer, cfg: CodecTrainConfig):
 def _shard(trainee: CodecTrainee, disc: Discriminators | None) -> None:
     """FSDP2: every transformer layer, then each network; the RVQ (no gradient, EMA-updated identically on every
     rank) stays replicated."""
+    import warnings
+
     from torch.distributed.fsdp import fully_shard
 
+    # the decoder returns a transposed view; nothing modifies it in place (the vocoder reads it), so FSDP's warning
+    # about in-place ops on a view does not apply
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     c = trainee.codec
     for net in (c.encoder, c.decoder, c.vocoder, trainee.a2t):
         if net is None:
