@@ -147,7 +147,7 @@ def read_config(spec: str) -> dict:
     out = {}
     for key, value in data.items():
         name = key.replace("-", "_")
-        if name not in _FIELDS or name in ("resume", "init", "data", "val_data", "output"):
+        if name not in _FIELDS or name == "resume":
             raise TrainConfigError(f"config file {path}: unknown setting {key!r}; known: "
                                    f"{', '.join(sorted(n for n in _FIELDS if n not in ('resume',)))}")
         if name == "tokenizer" and not isinstance(value, dict):
