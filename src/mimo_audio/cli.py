@@ -231,8 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_command(subparsers)
     add_data_commands(subparsers)
     from .train.cli import add_train_command
+    from .train.codec.cli import add_train_codec_command
 
     add_train_command(subparsers)
+    add_train_codec_command(subparsers)
     return parser
 
 
@@ -262,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         from .train.cli import run
 
         return run(argv[1:])
+    if argv and argv[0] == "train-codec":  # its own parser: mimo_audio.train.codec.cli
+        from .train.codec.cli import run as run_codec
+
+        return run_codec(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

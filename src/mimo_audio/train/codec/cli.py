@@ -1,0 +1,81 @@
+"""``mimo-audio train-codec ...`` / ``python -m mimo_audio.train_codec ...`` (also under ``torchrun``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ...errors import MimoAudioError
+from .config import SHIPPED, make_codec_config, read_config
+
+EXIT_ERROR = 2
+
+
+def build_parser(prog: str = "mimo-audio train-codec") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="Train the audio tokenizer (SPEC §8.1; docs/training.md): stage 1 = reconstruction + "
+        "commitment + A2T text alignment, stage 2 = adversarial fine-tuning of decoder and vocoder. Run under "
+        "`torchrun --nproc-per-node N -m mimo_audio.train_codec ...` for data-parallel FSDP2.")
+    a = p.add_argument
+    a("--stage", type=int, choices=[1, 2], required=True, help="1 (from scratch or --init) or 2 (needs --init)")
+    a("--config", required=True, help=f"a shipped config ({', '.join(SHIPPED)}) or a TOML file (training settings "
+      "at the top, the tokenizer's config.json fields in a [tokenizer] table)")
+    a("--data", required=True, help="a JSONL manifest of {\"audio\", \"text\"} lines or a folder of audio files")
+    a("--val-data", help="validation clips (same forms)")
+    a("--init", help="a released or exported tokenizer folder / hub id to start from (its config.json wins)")
+    a("--max-steps", type=int, help="optimizer steps (default 2000)")
+    a("--batch-size", type=int, help="clips per step per rank")
+    a("--segment-seconds", type=float, help="random crop length in seconds")
+    a("--lr", type=float, help="generator learning rate")
+    a("--lr-disc", type=float, help="discriminator learning rate (stage 2; default --lr)")
+    a("--a2t-weight", type=float, help="weight of the A2T loss (default 10; 0 disables the text decoder)")
+    a("--text-tokenizer", help="'bytes' (default) or an LM folder / tokenizer.json for the A2T decoder's text")
+    a("--quantizer-dropout", type=float, help="share of clips that use a random prefix of the RVQ layers")
+    a("--device", help="cpu, cuda or cuda:N (default: cuda when available; LOCAL_RANK under torchrun)")
+    a("--output", help="run folder: checkpoints, metrics.jsonl, samples/, final/ (default runs/mimo-audio-codec)")
+    a("--resume", action="store_true", default=None, help="continue the run in --output from its last checkpoint")
+    a("--save-every", type=int, help="checkpoint every N steps (always at the end)")
+    a("--keep", type=int, help="checkpoints to keep (default 2)")
+    a("--val-every", type=int, help="validation every N steps on --val-data (default: never)")
+    a("--sample-every", type=int, help="write sample reconstructions every N steps (default: never)")
+    a("--log-every", type=int, help="metrics.jsonl record every N steps (default 1)")
+    a("--seed", type=int, help="random seed (default 0)")
+    a("--stop-after", type=int, help="stop after this step without finishing (resume later with --resume)")
+    a("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast on CUDA (default off)")
+    a("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on a terminal")
+    return p
+
+
+def config_from_args(args: argparse.Namespace):
+    settings = read_config(args.config)
+    flags = {k: v for k, v in vars(args).items() if k != "config"}
+    return make_codec_config(settings, **flags)
+
+
+def run(argv: list[str], prog: str = "mimo-audio train-codec") -> int:
+    try:
+        args = build_parser(prog).parse_args(argv)
+        cfg = config_from_args(args)
+        from .objective import train_codec
+
+        try:
+            train_codec(cfg)
+        finally:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
+        return 0
+    except (MimoAudioError, OSError) as exc:
+        msg = str(exc) or type(exc).__name__
+        print(f"{prog.split()[0]}: error: {' '.join(msg.split())}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+def add_train_codec_command(subparsers) -> None:
+    """Lists ``train-codec`` in ``mimo-audio --help``; :func:`mimo_audio.cli.main` hands it to :func:`run`."""
+    subparsers.add_parser("train-codec", help="train the audio tokenizer (stage 1 / stage 2, torchrun + FSDP2); "
+                          "`mimo-audio train-codec --help`", add_help=False)
