@@ -253,7 +253,10 @@ def append(path: Path, rec: dict) -> None:
         f.flush()
 
 
-def synth(out: Path, splits=SPLITS, limit: int | None = None, threads: int = 1, manifest_every: int = 200) -> dict:
+def synth(out: Path, splits=SPLITS, limit: int | None = None, threads: int = 1, manifest_every: int = 200,
+          speakers: list[str] | None = None) -> dict:
+    """Synthesise what is not done yet of ``splits`` (the first ``limit`` items of each; only ``speakers``' items
+    when given) into ``out``; returns this call's counts and its audio and wall seconds."""
     out.mkdir(parents=True, exist_ok=True)
     items = plan()
     done, bad = read_log(out / "done.jsonl"), read_log(out / "bad.jsonl")
@@ -261,7 +264,8 @@ def synth(out: Path, splits=SPLITS, limit: int | None = None, threads: int = 1, 
     stats = {"done": 0, "bad": 0, "audio_s": 0.0, "wall_s": 0.0}
     start = time.time()
     for split in splits:
-        todo = [it for it in items[split][:limit] if it.id not in done and it.id not in bad]
+        todo = [it for it in items[split][:limit] if it.id not in done and it.id not in bad
+                and (speakers is None or it.speaker in speakers)]
         print(f"make_corpus: {split}: {len(items[split][:limit]) - len(todo)} of {len(items[split][:limit])} "
               f"already done, {len(todo)} to go", flush=True)
         for n, it in enumerate(todo, 1):
@@ -370,6 +374,7 @@ def main(argv=None) -> int:
             p.add_argument("--splits", default=",".join(SPLITS), help=f"comma-separated, from {', '.join(SPLITS)}")
             p.add_argument("--limit", type=int, default=None, help="only the first N items of each split")
             p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for Kokoro")
+            p.add_argument("--speakers", default=None, help="only these speakers' items (comma-separated ids)")
         if name == "judge":
             p.add_argument("--per-speaker", type=int, default=50)
             p.add_argument("--model", default="base", help="faster-whisper model (base: the offline package)")
@@ -386,7 +391,13 @@ def main(argv=None) -> int:
         unknown = [s for s in splits if s not in SPLITS]
         if unknown:
             ap.error(f"unknown split(s) {', '.join(unknown)}; use {', '.join(SPLITS)}")
-        stats = synth(args.output, splits, args.limit, args.threads)
+        speakers = None
+        if args.speakers:
+            speakers = [s.strip() for s in args.speakers.split(",") if s.strip()]
+            bad_ids = [s for s in speakers if s not in BY_ID]
+            if bad_ids:
+                ap.error(f"unknown speaker(s) {', '.join(bad_ids)}; use {', '.join(BY_ID)}")
+        stats = synth(args.output, splits, args.limit, args.threads, speakers=speakers)
         print(f"make_corpus: finished: {stats['done']} clips ({stats['audio_s']:.0f} s of audio) in "
               f"{stats['wall_s']:.0f} s, {stats['bad']} dropped", flush=True)
     elif args.cmd == "manifest":

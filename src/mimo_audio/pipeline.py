@@ -122,12 +122,13 @@ class MimoAudio:
     ) -> MimoAudio:
         """Load the LM (and its text tokenizer) from ``model`` and the audio tokenizer from ``tokenizer``.
 
-        Both are hub ids or local folders. ``device`` defaults to CUDA when available; ``dtype`` to the
+        Both are hub ids or local folders; ``model="mini"`` loads the small model shipped in the package with its
+        own audio tokenizer (docs/mini.md). ``device`` defaults to CUDA when available; ``dtype`` to the
         checkpoint's. ``quantize`` ``"int8"``/``"int4"`` quantizes the LM's linear layers while loading (torchao;
         see docs/usage.md); the audio tokenizer stays unquantized. ``options`` go to the constructor (streaming
         windows, ``compile=``).
         """
-        from .checkpoint import parse_device, parse_dtype, resolve
+        from .checkpoint import default_tokenizer, parse_device, parse_dtype, resolve
         from .codec import AudioTokenizer
         from .config import check_kind, read_config_json
         from .lm import MimoAudioLM
@@ -137,6 +138,7 @@ class MimoAudio:
         dev = parse_device(device)
         dt = parse_dtype(dtype)
         check_scheme(quantize, dev, dt)  # an impossible scheme fails before anything is read
+        tokenizer = default_tokenizer(model, tokenizer)  # --model mini: the mini audio tokenizer too
         folder = resolve(model)
         if (folder / "config.json").is_file():  # a tokenizer folder given as the model is named as such
             check_kind(read_config_json(folder / "config.json"), "lm", folder / "config.json")
