@@ -250,3 +250,25 @@ def test_cli_names_the_missing_mini_model(tmp_path, monkeypatch):
                          text=True, cwd=tmp_path, env=env, timeout=120)
     assert res.returncode != 0
     assert "not shipped in this build" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_init_lm_writes_a_loadable_fresh_model(tmp_path):
+    import init_lm
+    import torch
+
+    from mimo_audio.lm import MimoAudioLM
+
+    cfg = json.loads((CONFIGS / "mini-lm.json").read_text(encoding="utf-8"))
+    cfg.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+               head_dim=16, local_dim=32, local_layers=1, local_attn_heads=2, local_ffn_dim=64, input_local_layers=1,
+               input_local_dim=32)
+    (tmp_path / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    folder = init_lm.init_lm(tmp_path / "init", seed=3, config_path=tmp_path / "config.json")
+    lm = MimoAudioLM.from_pretrained(folder, device="cpu")
+    from mimo_audio.text import TextTokenizer
+
+    assert lm.empty_id == TextTokenizer.from_folder(MINI / "tokenizer").ids.empty
+    w = lm.embed_tokens.weight.detach()
+    assert abs(float(w.std()) - 0.02) < 0.002 and torch.isfinite(w).all()
+    again = init_lm.init_lm(tmp_path / "again", seed=3, config_path=tmp_path / "config.json")
+    assert torch.equal(MimoAudioLM.from_pretrained(again, device="cpu").embed_tokens.weight, w)  # seeded

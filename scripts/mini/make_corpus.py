@@ -21,6 +21,7 @@ Commands::
     python scripts/mini/make_corpus.py synth -o runs/mini-corpus --splits test-seen,test-unseen --limit 100
     python scripts/mini/make_corpus.py manifest -o runs/mini-corpus          # rewrite the manifests from the log
     python scripts/mini/make_corpus.py judge -o runs/mini-corpus             # Whisper-base WER per speaker
+    python scripts/mini/make_corpus.py stats -o runs/mini-corpus             # progress and speed per engine
 
 Output folder::
 
@@ -331,7 +332,11 @@ def write_manifests(out: Path, items=None, done=None) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------------- judge
-def judge(out: Path, splits=("test-seen", "test-unseen"), per_speaker: int = 50, model: str = "base") -> dict:
+def judge(out: Path, splits=("test-seen", "test-unseen"), per_speaker: int = 50, model: str = "base",
+          speakers: list[str] | None = None) -> dict:
+    """Whisper WER (corpus-level, percent) of the first ``per_speaker`` clips of each speaker in ``splits``; writes
+    judge.json (merged with an earlier one: speakers judged before and not now are kept) and
+    judge-transcripts.jsonl."""
     sys.path.insert(0, str(HERE.parents[1] / "src"))
     from mimo_audio.eval.judges import WhisperJudge, to_16k
     from mimo_audio.eval.scoring import error_rates, word_errors
@@ -342,8 +347,9 @@ def judge(out: Path, splits=("test-seen", "test-unseen"), per_speaker: int = 50,
     transcripts: list[dict] = []
     for split in splits:
         recs = [json.loads(line) for line in (out / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
-        speakers = sorted({r["speaker"] for r in recs})
-        for spk in speakers:
+        for spk in sorted({r["speaker"] for r in recs}):
+            if speakers is not None and spk not in speakers:
+                continue
             chosen = [r for r in recs if r["speaker"] == spk][:per_speaker]
             pairs, t0 = [], time.time()
             for r in chosen:
@@ -358,16 +364,40 @@ def judge(out: Path, splits=("test-seen", "test-unseen"), per_speaker: int = 50,
             by_engine.setdefault(BY_ID[spk].engine, []).extend(pairs)
             print(f"make_corpus: judge {key}: WER {rates['corpus']:.1f} % on {len(pairs)} clips", flush=True)
     result["engines"] = {e: round(error_rates(p)["corpus"], 2) for e, p in by_engine.items()}
-    (out / "judge-transcripts.jsonl").write_text("".join(json.dumps(t, ensure_ascii=False) + "\n"
-                                                         for t in transcripts), encoding="utf-8")
+    old = json.loads((out / "judge.json").read_text(encoding="utf-8")) if (out / "judge.json").is_file() else {}
+    result["speakers"] = {**old.get("speakers", {}), **result["speakers"]}
+    with open(out / "judge-transcripts.jsonl", "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in transcripts))
     (out / "judge.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def stats(out: Path) -> dict:
+    """Progress against the plan, per split, and synthesis speed per engine (audio seconds per synthesis second)."""
+    items, done, bad = plan(), read_log(out / "done.jsonl"), read_log(out / "bad.jsonl")
+    result: dict = {"splits": {}, "engines": {}, "bad": {}}
+    for split, its in items.items():
+        recs = [done[it.id] for it in its if it.id in done]
+        result["splits"][split] = {"planned": len(its), "done": len(recs),
+                                   "dropped": sum(it.id in bad for it in its),
+                                   "audio_h": round(sum(r["seconds"] for r in recs) / 3600, 3)}
+    for rec in done.values():
+        e = result["engines"].setdefault(rec["engine"], {"clips": 0, "audio_s": 0.0, "synth_s": 0.0})
+        e["clips"] += 1
+        e["audio_s"] += rec["seconds"]
+        e["synth_s"] += rec["synth_s"]
+    for e in result["engines"].values():
+        e["audio_s_per_s"] = round(e["audio_s"] / max(e["synth_s"], 1e-9), 2)
+        e["audio_s"], e["synth_s"] = round(e["audio_s"], 1), round(e["synth_s"], 1)
+    for rec in bad.values():
+        result["bad"][rec["reason"]] = result["bad"].get(rec["reason"], 0) + 1
     return result
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("synth", "manifest", "judge", "plan"):
+    for name in ("synth", "manifest", "judge", "plan", "stats"):
         p = sub.add_parser(name)
         p.add_argument("-o", "--output", type=Path, default=Path("runs/mini-corpus"))
         if name == "synth":
@@ -378,6 +408,7 @@ def main(argv=None) -> int:
         if name == "judge":
             p.add_argument("--per-speaker", type=int, default=50)
             p.add_argument("--model", default="base", help="faster-whisper model (base: the offline package)")
+            p.add_argument("--speakers", default=None, help="only these speakers (comma-separated ids)")
     args = ap.parse_args(argv)
     if args.cmd == "plan":
         for split, its in plan().items():
@@ -397,13 +428,16 @@ def main(argv=None) -> int:
             bad_ids = [s for s in speakers if s not in BY_ID]
             if bad_ids:
                 ap.error(f"unknown speaker(s) {', '.join(bad_ids)}; use {', '.join(BY_ID)}")
-        stats = synth(args.output, splits, args.limit, args.threads, speakers=speakers)
-        print(f"make_corpus: finished: {stats['done']} clips ({stats['audio_s']:.0f} s of audio) in "
-              f"{stats['wall_s']:.0f} s, {stats['bad']} dropped", flush=True)
+        counts = synth(args.output, splits, args.limit, args.threads, speakers=speakers)
+        print(f"make_corpus: finished: {counts['done']} clips ({counts['audio_s']:.0f} s of audio) in "
+              f"{counts['wall_s']:.0f} s, {counts['bad']} dropped", flush=True)
+    elif args.cmd == "stats":
+        print(json.dumps(stats(args.output), indent=2))
     elif args.cmd == "manifest":
         print(write_manifests(args.output))
     else:
-        judge(args.output, per_speaker=args.per_speaker, model=args.model)
+        judge(args.output, per_speaker=args.per_speaker, model=args.model,
+              speakers=args.speakers.split(",") if args.speakers else None)
     return 0
 
 
