@@ -265,6 +265,8 @@ def synth(out: Path, splits=SPLITS, limit: int | None = None, threads: int = 1, 
     stats = {"done": 0, "bad": 0, "audio_s": 0.0, "wall_s": 0.0}
     start = time.time()
     for split in splits:
+        # read again per split: another process may have done items meanwhile
+        done, bad = read_log(out / "done.jsonl"), read_log(out / "bad.jsonl")
         todo = [it for it in items[split][:limit] if it.id not in done and it.id not in bad
                 and (speakers is None or it.speaker in speakers)]
         print(f"make_corpus: {split}: {len(items[split][:limit]) - len(todo)} of {len(items[split][:limit])} "
