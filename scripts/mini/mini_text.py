@@ -45,7 +45,7 @@ Rebecca Richard Roger Ronald Rosalind Samuel Sebastian Stella Stuart Sylvia Tere
 Vincent Violet Wayne Xavier""".split()
 
 RELATIVES = """mother father brother sister aunt uncle cousin grandmother grandfather son daughter wife husband
-friend neighbour teacher boss niece nephew roommate
+friend neighbor teacher boss niece nephew roommate
 colleague classmate partner landlord godmother stepfather flatmate""".split()
 
 OCCUPATIONS = """doctor nurse teacher farmer baker driver pilot painter writer singer dancer cook waiter
@@ -53,7 +53,7 @@ student lawyer judge police_officer firefighter mechanic engineer scientist dent
 builder fisherman sailor soldier shopkeeper librarian photographer reporter actor musician manager cleaner
 postman banker tailor barber butcher guard
 architect pharmacist surgeon professor journalist editor translator secretary accountant
-electrician painter_and_decorator zookeeper beekeeper shepherd jeweller florist chemist mayor captain coach
+electrician painter_and_decorator zookeeper beekeeper shepherd jeweler florist chemist mayor captain coach
 referee lifeguard astronaut detective inventor magician clown potter weaver blacksmith""".split()
 
 # food: (singular, plural or None for mass nouns)
@@ -103,7 +103,7 @@ log:logs""".split()
 CLOTHING = """coat:coats hat:hats scarf:scarves shirt:shirts dress:dresses jacket:jackets sweater:sweaters
 skirt:skirts boot:boots shoe:shoes sock:socks glove:gloves belt:belts tie:ties uniform:uniforms
 trousers
-jeans shorts pyjamas slipper:slippers sandal:sandals cap:caps hood:hoods vest:vests apron:aprons
+jeans shorts pajamas slipper:slippers sandal:sandals cap:caps hood:hoods vest:vests apron:aprons
 blouse:blouses cardigan:cardigans suit:suits gown:gowns cloak:cloaks mitten:mittens bracelet:bracelets
 raincoat:raincoats""".split()
 
@@ -127,9 +127,9 @@ wagon:wagons caravan:caravans""".split()
 
 # places: (noun, preposition used for "being there")
 PLACES = """kitchen:in garden:in park:in station:at library:at school:at office:at market:at shop:in
-beach:on river:by lake:by forest:in village:in city:in hospital:at museum:at cinema:at theatre:at church:at
+beach:on river:by lake:by forest:in village:in city:in hospital:at museum:at cinema:at theater:at church:at
 bank:at bakery:at restaurant:in cafe:in hotel:at airport:at farm:on bridge:on street:on road:on hill:on
-mountain:on island:on harbour:in square:in bedroom:in bathroom:in hall:in attic:in basement:in garage:in
+mountain:on island:on harbor:in square:in bedroom:in bathroom:in hall:in attic:in basement:in garage:in
 yard:in playground:in stadium:at zoo:at castle:in cottage:in barn:in field:in valley:in corner:in
 office_building:in supermarket:at post_office:at swimming_pool:at car_park:in train_station:at
 bookshop:in pharmacy:at bus_stop:at gym:at factory:at warehouse:in laboratory:in classroom:in
@@ -151,13 +151,13 @@ Singapore Seoul Beijing Shanghai Manila Jakarta Hanoi Vietnam China Korea Thaila
 Australia Iceland Finland Denmark Austria Poland Hungary Belgium Holland Switzerland Croatia Jamaica
 Nigeria Ghana Ethiopia""".split()
 
-COLORS = """red blue green yellow white black brown grey pink purple orange golden silver dark pale bright
+COLORS = """red blue green yellow white black brown gray pink purple orange golden silver dark pale bright
 navy crimson scarlet violet turquoise beige cream""".split()
 SIZES = "big small tiny huge little tall short long heavy light narrow wide enormous giant massive slim".split()
 AGES = "old new young ancient modern".split()
 GENERAL = """elegant fancy ordinary unusual rare precious fragile sturdy smooth rough sharp blunt
-thick thin flat curved square colourful striped spotted wooden plastic metal glass woollen cotton leather
-paper stone handmade secondhand favourite spare lucky magic tidy messy sticky damp dusty crooked neat
+thick thin flat curved square colorful striped spotted wooden plastic metal glass woolen cotton leather
+paper stone handmade secondhand favorite spare lucky magic tidy messy sticky damp dusty crooked neat
 comfortable uncomfortable valuable worthless elegant
 nice beautiful strange lovely ugly clean dirty cheap expensive broken wet dry warm cold soft hard
 round empty full quiet noisy useful simple famous special perfect wonderful terrible funny pretty plain
@@ -195,7 +195,7 @@ grow:grew:grown throw:threw:thrown draw:drew:drawn fly:flew:flown wear:wore:worn
 hide:hid:hidden bite:bit:bitten shake:shook:shaken cut:cut put:put shut:shut hit:hit set:set let:let
 hurt:hurt cost:cost feed:fed dig:dug hang:hung light:lit wind:wound freeze:froze:frozen""".split()
 DOUBLED = """stop:stopped plan:planned drop:dropped hug:hugged shop:shopped wrap:wrapped grab:grabbed pat:patted chop:chopped jog:jogged knit:knitted skip:skipped
-fit:fitted travel:travelled""".split()
+fit:fitted travel:traveled""".split()
 
 
 def _pairs(items: list[str]) -> list[tuple[str, str | None]]:
@@ -558,7 +558,7 @@ class Grammar:
     def t_travel(self):
         s, _ = self.person()
         how = self.pick(["by train", "by bus", "by car", "by plane", "by boat", "on foot", "by bike"])
-        return f"{s} {self.pick(['travelled', 'went', 'flew', 'drove', 'came back', 'returned'])} to " \
+        return f"{s} {self.pick(['traveled', 'went', 'flew', 'drove', 'came back', 'returned'])} to " \
                f"{self.pick(self.cities)} {how} {self.time(TIMES_PAST)}", "."
 
     def t_feeling(self):
