@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "scripts" / "mini"
-CONFIGS = ROOT / "src" / "mimo_audio" / "train" / "configs"
+CONFIGS = ROOT / "src" / "mimo_audio" / "train" / "configs" / "mini"
 sys.path.insert(0, str(MINI))
 
 import make_corpus  # noqa: E402
@@ -146,7 +146,7 @@ def test_mini_text_tokenizer_loads_with_every_special_token():
     order = [by_token[t] for t in train_text_tokenizer.SPECIALS]
     assert order == list(range(order[0], order[0] + len(order))) and order[-1] == tok.size - 1
     assert tok.ids.eos == tok.ids.endoftext and tok.ids.pad == tok.ids.endoftext
-    assert tok.size <= LMConfig.from_file(CONFIGS / "mini-lm.json").vocab_size
+    assert tok.size <= LMConfig.from_file(CONFIGS / "lm.json").vocab_size
     for s in mini_text.read_split("test")[:200] + train_text_tokenizer.prompt_strings():
         ids = tok.encode(s)
         assert all(i < tok.ids.endoftext for i in ids)  # ordinary text never yields a special id
@@ -177,11 +177,11 @@ def test_mini_lm_config_within_budget():
     assert total * 4 / 1e6 < count_params.BUDGET_MB  # float32 weights of the LM alone
     from mimo_audio.config import LMConfig
 
-    c = LMConfig.from_file(CONFIGS / "mini-lm.json")
+    c = LMConfig.from_file(CONFIGS / "lm.json")
     assert (c.audio_channels, c.group_size, c.delay_pattern) == (8, 4, tuple(range(8)))
 
 
-@pytest.mark.parametrize("name", ["mini-pt2", "mini-sft"])
+@pytest.mark.parametrize("name", ["pt2", "sft"])
 def test_mini_train_configs_parse(name):
     from mimo_audio.tasks import get_task
     from mimo_audio.train.config import make_config, parse_tasks, read_config_file
@@ -191,7 +191,7 @@ def test_mini_train_configs_parse(name):
     for task in tasks:
         get_task(task)
     cfg = make_config(settings)
-    assert cfg.stage == name.split("-")[1]
+    assert cfg.stage == name
 
 
 # ------------------------------------------------------------------------------------------------ addressing
@@ -258,7 +258,7 @@ def test_init_lm_writes_a_loadable_fresh_model(tmp_path):
 
     from mimo_audio.lm import MimoAudioLM
 
-    cfg = json.loads((CONFIGS / "mini-lm.json").read_text(encoding="utf-8"))
+    cfg = json.loads((CONFIGS / "lm.json").read_text(encoding="utf-8"))
     cfg.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                head_dim=16, local_dim=32, local_layers=1, local_attn_heads=2, local_ffn_dim=64, input_local_layers=1,
                input_local_dim=32)

@@ -17,7 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-LM_CONFIG = ROOT / "src" / "mimo_audio" / "train" / "configs" / "mini-lm.json"
+LM_CONFIG = ROOT / "src" / "mimo_audio" / "train" / "configs" / "mini" / "lm.json"
 BUDGET_MB = 60.0
 GROUPS = {
     "patch encoder": ("patch_encoder", "speech_embeddings", "group_downcast"),

@@ -3,7 +3,7 @@
     python scripts/mini/init_lm.py -o runs/mini/init [--seed 0]
 
 The trainer starts from a model folder; the mini model is trained from scratch, so this writes one: the mini LM
-config (``src/mimo_audio/train/configs/mini-lm.json``), weights drawn with the seed (normal(0, 0.02) for linear and
+config (``src/mimo_audio/train/configs/mini/lm.json``), weights drawn with the seed (normal(0, 0.02) for linear and
 embedding weights, zero biases, unit norm weights: the usual Qwen2 initialisation), and the mini text tokenizer
 files (``scripts/mini/tokenizer/``). The folder is a training input under the git-ignored ``runs/``; random
 weights are never shipped.
@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-LM_CONFIG = ROOT / "src" / "mimo_audio" / "train" / "configs" / "mini-lm.json"
+LM_CONFIG = ROOT / "src" / "mimo_audio" / "train" / "configs" / "mini" / "lm.json"
 TOKENIZER = HERE / "tokenizer"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
