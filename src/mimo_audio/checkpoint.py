@@ -23,6 +23,14 @@ INSTRUCT_ID = "XiaomiMiMo/MiMo-Audio-7B-Instruct"
 BASE_ID = "XiaomiMiMo/MiMo-Audio-7B-Base"
 TOKENIZER_ID = "XiaomiMiMo/MiMo-Audio-Tokenizer"
 
+#: the small model this project trains and ships inside the package (docs/mini.md): ``mini`` names its LM (with
+#: its text tokenizer), ``mini-tokenizer`` its audio tokenizer; ``--model mini`` selects both
+MINI_ID = "mini"
+MINI_TOKENIZER_ID = "mini-tokenizer"
+#: where the shipped mini weights live (``lm/`` and ``tokenizer/``, the released layout); tests point it elsewhere
+MINI_DIR = Path(__file__).resolve().parent / "models" / "mini"
+_MINI_PARTS = {MINI_ID: "lm", MINI_TOKENIZER_ID: "tokenizer"}
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
 
@@ -38,12 +46,15 @@ def resolve(path_or_id: str | os.PathLike, *, allow_patterns: list[str] | None =
     if p.is_dir():
         return p
     text = os.fspath(path_or_id)
+    if text in _MINI_PARTS:
+        return mini_folder(text)
     if p.exists():
         raise CheckpointError(f"{text} is a file; pass the folder that holds config.json and the .safetensors files")
     if not HUB_ID.match(text):
         raise CheckpointError(
             f"no checkpoint folder at {text!r}; pass an existing folder or a hub id: the LM (--model) is "
-            f"'{INSTRUCT_ID}' (or '{BASE_ID}'), the audio tokenizer (--tokenizer) '{TOKENIZER_ID}'"
+            f"'{INSTRUCT_ID}' (or '{BASE_ID}', or '{MINI_ID}': the small model shipped with the package), the audio "
+            f"tokenizer (--tokenizer) '{TOKENIZER_ID}' (or '{MINI_TOKENIZER_ID}')"
         )
     try:
         from huggingface_hub import snapshot_download
@@ -86,6 +97,33 @@ def adapter_base(folder: Path) -> Path:
         return resolve(base)
     except CheckpointError as exc:
         raise CheckpointError(f"the base model {base!r} named by {file} cannot be found ({exc}); {fix}") from None
+
+
+def mini_folder(name: str = MINI_ID) -> Path:
+    """The shipped folder of ``name`` (``mini``: the LM, ``mini-tokenizer``: the audio tokenizer), checked complete.
+
+    A build without the trained weights raises a :class:`CheckpointError` saying so and how to train them.
+    """
+    part = _MINI_PARTS[name]
+    folder = Path(MINI_DIR) / part
+    has_weights = folder.is_dir() and (any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file())
+    if not (folder / "config.json").is_file() or not has_weights:
+        raise CheckpointError(
+            f"the mini model is not shipped in this build ({name!r}: no config.json and .safetensors weights in "
+            f"{folder}). Train it with the recipe in docs/mini.md (scripts/mini/: corpus, tokenizers, "
+            f"`mimo-audio train-codec`, `mimo-audio data prepare`, `mimo-audio train`) and put its {part}/ folder "
+            f"there, pass a trained folder's path instead, or use the released model ('{INSTRUCT_ID}' with "
+            f"'{TOKENIZER_ID}')"
+        )
+    return folder
+
+
+def default_tokenizer(model: str | os.PathLike, tokenizer: str | os.PathLike) -> str | os.PathLike:
+    """The audio tokenizer to load with ``model``: the mini model's when ``model`` is ``mini`` and ``tokenizer`` is
+    the released default (so ``--model mini`` alone selects both); otherwise ``tokenizer`` unchanged."""
+    if os.fspath(model) == MINI_ID and os.fspath(tokenizer) == TOKENIZER_ID and not Path(MINI_ID).is_dir():
+        return MINI_TOKENIZER_ID
+    return tokenizer
 
 
 def safetensors_files(folder: Path) -> list[Path]:

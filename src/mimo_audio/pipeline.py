@@ -122,14 +122,22 @@ class MimoAudio:
     ) -> MimoAudio:
         """Load the LM (and its text tokenizer) from ``model`` and the audio tokenizer from ``tokenizer``.
 
-        Both are hub ids or local folders. ``model`` may also be a LoRA adapter folder (a LoRA run's
+        Both are hub ids or local folders; ``model="mini"`` loads the small model shipped in the package with its
+        own audio tokenizer (docs/mini.md). ``model`` may also be a LoRA adapter folder (a LoRA run's
         ``OUTPUT/final/``: ``adapter_config.json`` naming its base): the base is loaded and the adapter merged into
         its weights (peft; needs the train extra). ``device`` defaults to CUDA when available; ``dtype`` to the
         checkpoint's. ``quantize`` ``"int8"``/``"int4"`` quantizes the LM's linear layers while loading (torchao;
         see docs/usage.md); the audio tokenizer stays unquantized. ``options`` go to the constructor (streaming
         windows, ``compile=``).
         """
-        from .checkpoint import adapter_base, is_adapter, parse_device, parse_dtype, resolve
+        from .checkpoint import (
+            adapter_base,
+            default_tokenizer,
+            is_adapter,
+            parse_device,
+            parse_dtype,
+            resolve,
+        )
         from .codec import AudioTokenizer
         from .config import check_kind, read_config_json
         from .lm import MimoAudioLM
@@ -139,6 +147,7 @@ class MimoAudio:
         dev = parse_device(device)
         dt = parse_dtype(dtype)
         check_scheme(quantize, dev, dt)  # an impossible scheme fails before anything is read
+        tokenizer = default_tokenizer(model, tokenizer)  # --model mini: the mini audio tokenizer too
         folder = resolve(model)
         adapter = None
         if is_adapter(folder):  # a LoRA run's final/: load its base, merge the adapter into the weights
