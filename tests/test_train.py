@@ -441,6 +441,10 @@ def test_memory_benchmark_state_bytes_match_a_real_step(fixture_path):
         held += sum(t.numel() * t.element_size() for s in opt.state.values() for k, t in s.items() if k != "step")
         assert bench.state_bytes(net, 1) == held, (stage, lora)
         assert bench.gathered_bytes(net, 1) == 0 and bench.state_bytes(net, 4) < held / 3
+        # the trainer's units now (own units for embeddings, head, patch encoder/decoder, bf16 gathers) hold less
+        # than the blocks-only fp32 layout before, and FSDP2's bf16 policy leaves no autocast cache
+        assert bench.gathered_bytes(net, 4) < bench.gathered_bytes(net, 4, layout="before")
+        assert bench.autocast_bytes(net, 4) == 0 and bench.autocast_bytes(net, 1) > 0 or lora
 
 
 # ------------------------------------------------------------------------------------------ memory savings
