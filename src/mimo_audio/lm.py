@@ -330,6 +330,8 @@ class MimoAudioLM(nn.Module):
         logits are never held for backward (one chunk's are, while it is recomputed); the loss and gradients
         equal the unchunked ones. ``text_logits`` is then None (never built).
         """
+        if text_loss_chunk is not None and int(text_loss_chunk) < 1:
+            raise PromptError(f"text_loss_chunk must be a positive number of positions, got {text_loss_chunk}")
         e = self.resolve_empty_id(empty_id)
         x = self.embed(grid, e)
         unused = None
@@ -347,8 +349,6 @@ class MimoAudioLM(nn.Module):
             mask = (causal[None] & am[:, None, :]) | torch.eye(N, dtype=torch.bool, device=x.device)
             mask = mask[:, None]
         h = self.backbone(x, positions, mask)
-        if text_loss_chunk is not None and int(text_loss_chunk) < 1:
-            raise PromptError(f"text_loss_chunk must be a positive number of positions, got {text_loss_chunk}")
         chunked = labels is not None and text_loss_chunk is not None
         out = LMOutput(None if chunked else self.lm_head(h), self.hidden_downcast(h), h)
         if labels is not None:
@@ -506,7 +506,7 @@ class MimoAudioLM(nn.Module):
         parts = []
         for i in range(0, B * P, chunk):
             hc, tc = hf[i: i + chunk], tf[i: i + chunk]
-            if torch.is_grad_enabled() and hc.requires_grad:
+            if torch.is_grad_enabled():
                 parts.append(checkpoint(self._text_ce, head, hc, tc, use_reentrant=False))
             else:
                 parts.append(self._text_ce(head, hc, tc))
