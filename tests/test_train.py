@@ -441,3 +441,127 @@ def test_memory_benchmark_state_bytes_match_a_real_step(fixture_path):
         held += sum(t.numel() * t.element_size() for s in opt.state.values() for k, t in s.items() if k != "step")
         assert bench.state_bytes(net, 1) == held, (stage, lora)
         assert bench.gathered_bytes(net, 1) == 0 and bench.state_bytes(net, 4) < held / 3
+        # the trainer's units now (own units for embeddings, head, patch encoder/decoder, bf16 gathers) hold less
+        # than the blocks-only fp32 layout before, and FSDP2's bf16 policy leaves no autocast cache
+        assert bench.gathered_bytes(net, 4) < bench.gathered_bytes(net, 4, layout="before")
+        assert bench.autocast_bytes(net, 4) == 0 and bench.autocast_bytes(net, 1) > 0 or lora
+
+
+# ------------------------------------------------------------------------------------------ memory savings
+def test_chunked_text_loss_equals_unchunked():
+    """forward(labels=, text_loss_chunk=N): the same losses and gradients as the full logits, for any N (a
+    chunk smaller than one row, rows split across chunks, one chunk for all), on speech and text-only grids."""
+    ref_lm = model()
+    sp = examples(ref_lm, n=2)
+    tx = text_only(ref_lm, examples(ref_lm, n=2, seed=10))
+    for ex in (sp, tx):
+        grid = torch.stack([ex[0][0][:, : ex[1][0].shape[1]], ex[1][0]])
+        labels = torch.stack([ex[0][1][:, : ex[1][0].shape[1]], ex[1][1]])
+        mask = torch.ones(2, grid.shape[-1] // ref_lm.config.group_size, dtype=torch.long)
+        mask[1, -1] = 0  # a padded last group
+        labels[1, :, -ref_lm.config.group_size:] = -100
+
+        def loss_and_grads(chunk, grid=grid, mask=mask, labels=labels):
+            lm = model()
+            lm.train()
+            o = lm(grid, attention_mask=mask, labels=labels, text_loss_chunk=chunk)
+            o.loss.backward()
+            assert (o.text_logits is None) == (chunk is not None)
+            grads = {n: p.grad for n, p in lm.named_parameters()}
+            assert all(g is not None for g in grads.values()), [n for n, g in grads.items() if g is None]
+            return o, grads
+
+        ref, ref_g = loss_and_grads(None)
+        for chunk in (1, 5, 1000):
+            o, g = loss_and_grads(chunk)
+            torch.testing.assert_close(o.loss, ref.loss, rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(o.text_loss, ref.text_loss, rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(o.channel_losses, ref.channel_losses, rtol=1e-6, atol=1e-7)
+            for n in ref_g:
+                torch.testing.assert_close(g[n], ref_g[n], rtol=1e-5, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}")
+        assert ref_g["lm_head.weight"].abs().sum() > 0
+    with pytest.raises(Exception, match="text_loss_chunk"):
+        model()(grid, labels=labels, text_loss_chunk=0)
+
+
+def test_trainer_text_loss_chunk_setting(tmp_path):
+    """TrainConfig.text_loss_chunk is on by default; chunked (3 positions) and unchunked (0) runs give the
+    same steps."""
+    from mimo_audio.train.config import TrainConfig
+
+    assert TrainConfig().text_loss_chunk == 1024
+    ex = examples(model())
+    full = run(tmp_path, "full", model(), ex, max_steps=2, text_loss_chunk=0)
+    chunked = run(tmp_path, "chunked", model(), ex, max_steps=2, text_loss_chunk=3)
+    assert [r["loss"] for r in chunked] == pytest.approx([r["loss"] for r in full], rel=1e-6)
+    with pytest.raises(TrainConfigError, match="text-loss-chunk"):
+        make_config(text_loss_chunk=-1).validate()
+
+
+def test_mixed_precision_policy_selection():
+    """bf16 under FSDP2 on CUDA: MixedPrecisionPolicy (bf16 params, fp32 reduction); else none (autocast in one
+    process on CUDA, fp32 on CPU)."""
+    from mimo_audio.train.lm_objective import mixed_precision, shard_units
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    pol = mixed_precision(make_config(), cuda, 2)
+    assert pol.param_dtype is torch.bfloat16 and pol.reduce_dtype is torch.float32
+    assert mixed_precision(make_config(), cuda, 1) is None
+    assert mixed_precision(make_config(bf16=False), cuda, 8) is None
+    assert mixed_precision(make_config(), cpu, 2) is None
+    lm = model()
+    units = shard_units(lm)
+    assert lm.embed_tokens in units and lm.lm_head in units and lm.patch_encoder in units
+    assert lm.patch_decoder in units and all(b in units for b in lm.backbone.layers)
+    in_units = {id(p) for u in units for p in u.parameters()}
+    root = sum(p.numel() for p in lm.parameters() if id(p) not in in_units)
+    assert 0 < root < 0.1 * sum(p.numel() for p in lm.parameters())
+
+
+def _mp_worker(rank, world, init, ex, out, kw):
+    """Two sharded runs on gloo: fp32, then bf16 under FSDP2's MixedPrecisionPolicy (selected as on CUDA)."""
+    import torch.distributed as dist
+
+    from mimo_audio.train import lm_objective
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        losses = []
+        for bf16 in (False, True):
+            from torch.distributed.fsdp import MixedPrecisionPolicy
+
+            lm_objective.mixed_precision = lambda cfg, device, world: (
+                MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cfg.bf16 else None)
+            lm = model()
+            cfg = make_config(**dict(kw, bf16=bf16, output=f"{kw['output']}-{bf16}"))
+            data = ExampleBatches(ex, cfg.batch_size, lm.config.group_size, rank=rank, world=world, shuffle=False)
+            recs = train(cfg, model=lm, data=data)
+            losses.append([r["loss"] for r in recs])
+            if bf16:
+                # the sharded master weights stay fp32
+                assert all(p.dtype is torch.float32 for p in lm.parameters())
+        if rank == 0:
+            torch.save(losses, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_bf16_mixed_precision_and_chunked_loss_on_gloo(tmp_path):
+    """FSDP2 with MixedPrecisionPolicy(bf16) runs on CPU gloo: its losses stay close to the fp32 sharded run,
+    which (with a text loss of several chunks per rank) equals the unchunked one-process run."""
+    import torch.multiprocessing as mp
+
+    ex = examples(model(), n=4)
+    kw = dict(max_steps=4, lr=1e-3, progress=False, save_every=100, batch_size=2, warmup_ratio=0.25,
+              text_loss_chunk=3)
+    # the same global batch: one process accumulates the two ranks' micro-batches
+    one = run(tmp_path, "one", model(), ex, grad_accum=2, shuffle=False, **dict(kw, text_loss_chunk=0))
+    out = tmp_path / "mp.pt"
+    mp.spawn(_mp_worker, args=(2, f"file://{tmp_path / 'pg'}", ex, str(out), dict(kw, output=str(tmp_path / "r"))),
+             nprocs=2, join=True)
+    fp32, bf16 = torch.load(out)
+    ref = [r["loss"] for r in one]
+    assert fp32 == pytest.approx(ref, rel=1e-4)
+    assert bf16 == pytest.approx(fp32, rel=3e-2) and bf16 != pytest.approx(fp32, rel=1e-6)
+    assert bf16[-1] < bf16[0]

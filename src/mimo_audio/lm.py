@@ -217,7 +217,7 @@ class LMOutput:
     with labels: ``loss`` (SPEC §8.3), ``text_loss``, ``channel_losses`` ``[C]``, ``local_logits`` (per channel
     ``[M, G, V_c]`` for the M supervised speech groups, teacher forced)."""
 
-    text_logits: torch.Tensor
+    text_logits: torch.Tensor | None  # None from forward(labels=, text_loss_chunk=): never built
     local_inputs: torch.Tensor
     hidden: torch.Tensor
     loss: torch.Tensor | None = None
@@ -303,7 +303,9 @@ class MimoAudioLM(nn.Module):
         text = grid[:, 0, ::G]
         is_speech = text == e
         codes = grid[:, 1:, :].reshape(B, C, N, G).permute(0, 2, 3, 1)  # (B, N, G, C)
-        x = self.embed_tokens(text.clamp(0, self.config.vocab_size - 1)) * (~is_speech)[..., None].to(self.dtype)
+        x = self.embed_tokens(text.clamp(0, self.config.vocab_size - 1))
+        # the lookup's own dtype (not self.dtype): under FSDP2 mixed precision the stored weight stays fp32
+        x = x * (~is_speech)[..., None].to(x.dtype)
         if bool(is_speech.any()):
             patches = self.embed_speech(codes[is_speech])  # (M, G, Di), accumulated in the model dtype
             pos = torch.arange(G, device=grid.device)[None]
@@ -315,15 +317,28 @@ class MimoAudioLM(nn.Module):
 
     # -------------------------------------------------------------------------------- forward
     def forward(self, grid: torch.Tensor, *, empty_id: int | None = None, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, loss_weights: LossWeights | None = None) -> LMOutput:
+                labels: torch.Tensor | None = None, loss_weights: LossWeights | None = None,
+                text_loss_chunk: int | None = None) -> LMOutput:
         """Run the backbone over every group of ``grid`` ``[B, 9, 4N]``.
 
         ``attention_mask`` ``[B, N]`` (1 = real group) for right-padded batches; ``labels`` ``[B, 9, 4N]`` in
         the grid's layout with -100 on unsupervised columns (SPEC §8.3) to get the training loss, weighted by
         ``loss_weights`` (:class:`LossWeights`; stage 2 / SFT weights by default).
+
+        ``text_loss_chunk`` (training, with ``labels``): compute the text cross entropy over chunks of that many
+        positions, the LM head applied per chunk inside a checkpointed function, so the ``(positions x vocab)``
+        logits are never held for backward (one chunk's are, while it is recomputed); the loss and gradients
+        equal the unchunked ones. ``text_logits`` is then None (never built).
         """
+        if text_loss_chunk is not None and int(text_loss_chunk) < 1:
+            raise PromptError(f"text_loss_chunk must be a positive number of positions, got {text_loss_chunk}")
         e = self.resolve_empty_id(empty_id)
         x = self.embed(grid, e)
+        unused = None
+        if labels is not None and not bool((grid[:, 0, ::self.G] == e).any()):
+            # embed() ran no patch encoder: run it on one zero patch here (weighted 0 in the loss) so every
+            # data-parallel rank has it in its graph and calls it once, at the same point (FSDP2 gathers it there)
+            unused = self._unused_encoder_term(grid.device)
         B, N, _ = x.shape
         positions = torch.arange(N, device=x.device)[None]
         mask = None
@@ -334,9 +349,10 @@ class MimoAudioLM(nn.Module):
             mask = (causal[None] & am[:, None, :]) | torch.eye(N, dtype=torch.bool, device=x.device)
             mask = mask[:, None]
         h = self.backbone(x, positions, mask)
-        out = LMOutput(self.lm_head(h), self.hidden_downcast(h), h)
+        chunked = labels is not None and text_loss_chunk is not None
+        out = LMOutput(None if chunked else self.lm_head(h), self.hidden_downcast(h), h)
         if labels is not None:
-            self._loss(out, labels, e, loss_weights or LossWeights())
+            self._loss(out, labels, e, loss_weights or LossWeights(), text_loss_chunk if chunked else None, unused)
         return out
 
     # -------------------------------------------------------------------------------- patch decoder
@@ -465,13 +481,50 @@ class MimoAudioLM(nn.Module):
         return torch.cat(emitted, 1).index_select(1, self._code_order(first.device)).view(B, self.G, self.C)
 
     # -------------------------------------------------------------------------------- loss
-    def _loss(self, out: LMOutput, labels: torch.Tensor, empty_id: int, lw: LossWeights) -> None:
+    @staticmethod
+    def _text_ce(head, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-position text cross entropy (fp32) of hidden states ``h`` ``(P, hidden)`` against ``target`` ``(P,)``;
+        ``head``: the LM head module, or its weight."""
+        logits = F.linear(h, head) if isinstance(head, torch.Tensor) else head(h)
+        return F.cross_entropy(logits.float(), target, reduction="none")
+
+    def _chunked_text_ce(self, h: torch.Tensor, target: torch.Tensor, chunk: int) -> torch.Tensor:
+        """:meth:`_text_ce` of ``h`` ``(B, P, hidden)`` over chunks of ``chunk`` positions, each checkpointed
+        (its logits are recomputed in backward, never saved)"""
+        from torch.utils.checkpoint import checkpoint
+
+        B, P, D = h.shape
+        hf, tf = h.reshape(B * P, D), target.reshape(B * P)
+        head = self.lm_head
+        fsdp = hasattr(head, "unshard") and isinstance(head, nn.Linear)
+        if fsdp:
+            # an FSDP2 unit of its own (mimo_audio.train): gather it once for every chunk and use its weight
+            # directly, so its collectives do not depend on this rank's number of chunks; FSDP2 reduce-scatters
+            # the gradient and reshards it at the end of backward
+            head.unshard()
+            head = head.weight
+        parts = []
+        for i in range(0, B * P, chunk):
+            hc, tc = hf[i: i + chunk], tf[i: i + chunk]
+            if torch.is_grad_enabled():
+                parts.append(checkpoint(self._text_ce, head, hc, tc, use_reentrant=False))
+            else:
+                parts.append(self._text_ce(head, hc, tc))
+        if fsdp and not torch.is_grad_enabled():
+            self.lm_head.reshard()  # no backward will (validation)
+        return torch.cat(parts).reshape(B, P)
+
+    def _loss(self, out: LMOutput, labels: torch.Tensor, empty_id: int, lw: LossWeights,
+              text_loss_chunk: int | None = None, unused_encoder: torch.Tensor | None = None) -> None:
         G = self.G
         text_t = labels[:, 0, ::G][:, 1:]  # target of position n = text of group n+1
-        logits = out.text_logits[:, :-1]
         valid = text_t != -100
         w = torch.where(text_t == empty_id, lw.empty_text, 1.0).to(torch.float32) * valid
-        ce = F.cross_entropy(logits.float().transpose(1, 2), text_t.clamp(min=0), reduction="none")
+        if text_loss_chunk is None:
+            logits = out.text_logits[:, :-1]
+            ce = F.cross_entropy(logits.float().transpose(1, 2), text_t.clamp(min=0), reduction="none")
+        else:
+            ce = self._chunked_text_ce(out.hidden[:, :-1], text_t.clamp(min=0), int(text_loss_chunk))
         text_loss = (ce * w).sum() / (w.sum() + 1e-8)
         speech = (text_t == empty_id)  # groups n+1 carrying audio targets, predicted from position n
         B, _, cols = labels.shape
@@ -492,8 +545,8 @@ class MimoAudioLM(nn.Module):
             zero = self.decode_teacher_forced(out.local_inputs[:1, 0],
                                               torch.zeros(1, G, self.C, dtype=torch.long, device=labels.device))
             chan_losses = [lg.sum() * 0.0 for lg in zero]
-        # the same for the patch encoder, which embed() runs only for grids holding speech groups
-        text_loss = text_loss + 0.0 * self._unused_encoder_term(labels.device)
+        if unused_encoder is not None:  # the same for the patch encoder (forward ran it when embed() did not)
+            text_loss = text_loss + 0.0 * unused_encoder
         chan = torch.stack(chan_losses)
         if len(lw.channels) < self.C:
             raise PromptError(f"loss_weights has {len(lw.channels)} channel weights; the model has {self.C} channels")

@@ -55,7 +55,9 @@ def build_parser(prog: str = "mimo-audio train") -> argparse.ArgumentParser:
     a("--seed", type=int, help="random seed (default 0)")
     a("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
       help="recompute block activations in backward (less memory, ~30%% more compute)")
-    a("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast on CUDA (default on)")
+    a("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 on CUDA (default on): FSDP2 mixed precision under torchrun, autocast in one process")
+    a("--text-loss-chunk", type=int, default=None, metavar="N",
+      help="text loss over chunks of N positions (default 1024; 0: the full logits at once)")
     a("--empty-id", type=int, help="the <|empty|> text id when the model folder has no tokenizer.json")
     a("--stop-after", type=int, help="stop after this step without finishing (resume later with --resume)")
     a("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on a terminal (default on)")

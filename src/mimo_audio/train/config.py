@@ -69,7 +69,10 @@ class TrainConfig:
     log_every: int = 1
     seed: int = 0
     activation_checkpointing: bool = False
-    bf16: bool = True  # autocast to bf16 on CUDA (fp32 master weights); ignored on CPU
+    bf16: bool = True  # bf16 on CUDA, fp32 master weights: FSDP2 MixedPrecisionPolicy under torchrun, autocast in
+    # one process; ignored on CPU
+    text_loss_chunk: int | None = 1024  # positions per chunk of the text loss (LM head per chunk, checkpointed);
+    # None or 0: the full logits at once
     progress: bool = True
     empty_id: int | None = None  # the <|empty|> text id when the model folder has no tokenizer.json
     stop_after: int | None = None  # leave the loop after this step without finishing (a planned interruption)
@@ -105,6 +108,8 @@ class TrainConfig:
             raise TrainConfigError(f"unknown stage {self.stage!r}; use one of {', '.join(STAGES)}")
         if self.schedule is not None and self.schedule not in SCHEDULES:
             raise TrainConfigError(f"unknown schedule {self.schedule!r}; use constant or cosine")
+        if self.text_loss_chunk is not None and int(self.text_loss_chunk) < 0:
+            raise TrainConfigError(f"text-loss-chunk must be a number of positions (0: off), got {self.text_loss_chunk}")
         for name in ("max_steps", "batch_size", "grad_accum", "save_every", "keep", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise TrainConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

@@ -102,12 +102,33 @@ def checkpoint_blocks(lm: MimoAudioLM) -> None:
             block.forward = fwd
 
 
-def shard(model: torch.nn.Module, lm: MimoAudioLM) -> None:
+def shard_units(lm: MimoAudioLM) -> list[torch.nn.Module]:
+    """The modules :func:`shard` makes FSDP2 units of their own, in forward order: the text embedding, the patch
+    encoder, every backbone block, the LM head and the patch decoder. The rest (speech embeddings, downcasts,
+    local heads, the backbone's final norm: 0.03 B parameters at the released shapes) is the root unit, which
+    FSDP2 holds unsharded through the step."""
+    return [lm.embed_tokens, lm.patch_encoder, *lm.backbone.layers, lm.lm_head, lm.patch_decoder]
+
+
+def mixed_precision(cfg: TrainConfig, device: torch.device, world: int):
+    """The FSDP2 ``MixedPrecisionPolicy`` of a run, or None: with ``--bf16`` under torchrun on CUDA, units are
+    gathered in bf16 and gradients reduced in fp32 into the fp32 shards the optimizer steps (the master weights).
+    One process (no FSDP) keeps bf16 autocast over fp32 weights; CPU runs stay fp32."""
+    if not (cfg.bf16 and device.type == "cuda" and world > 1):
+        return None
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+
+def shard(model: torch.nn.Module, lm: MimoAudioLM, mp_policy=None) -> None:
+    """FSDP2: each of :func:`shard_units` a unit, then the root (``model``: the LM or its peft wrapper)."""
     from torch.distributed.fsdp import fully_shard
 
-    for block in lm.backbone.layers:
-        fully_shard(block)
-    fully_shard(model)
+    kw = {} if mp_policy is None else {"mp_policy": mp_policy}
+    for unit in shard_units(lm):
+        fully_shard(unit, **kw)
+    fully_shard(model, **kw)
 
 
 def load_model(cfg: TrainConfig) -> MimoAudioLM:
@@ -161,16 +182,19 @@ class LMObjective:
 
             net = add_lora(lm, cfg)
         net.to(device)
+        self.mp_policy = mixed_precision(cfg, device, world)
         if world > 1:
-            shard(net, lm)
+            shard(net, lm, self.mp_policy)
         optimizer = torch.optim.AdamW(param_groups(net, cfg), betas=tuple(cfg.betas), eps=1e-8)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         self.parts = [Part("model", net, optimizer, scheduler)]
         self.trainable = [p for p in net.parameters() if p.requires_grad]
         self.cfg, self.lm, self.net, self.device, self.world = cfg, lm, net, device, world
         self.optimizer, self.scheduler = optimizer, scheduler
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16
-                         else nullcontext())
+        # bf16 on CUDA: FSDP2's policy under torchrun (above), autocast over the fp32 weights in one process
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                         if device.type == "cuda" and cfg.bf16 and self.mp_policy is None else nullcontext())
+        self.text_loss_chunk = cfg.text_loss_chunk or None
         self.weights = cfg.loss_weights()  # pt1: LossWeights.stage1() (text only); pt2 / sft: 100-12-8-6-4-2-2-1-1
         self.throughput_key = "tokens_per_s"
 
@@ -189,7 +213,7 @@ class LMObjective:
                 raise TrainConfigError(f"a batch of {n} groups does not fit the model's {self.max_groups} positions")
             with self.autocast:
                 o = net(grid, attention_mask=batch["attention_mask"].to(device), labels=batch["labels"].to(device),
-                        loss_weights=self.weights)
+                        loss_weights=self.weights, text_loss_chunk=self.text_loss_chunk)
             loss = o.loss
             (loss / cfg.grad_accum).backward()
             sums += torch.cat([loss.detach()[None], o.text_loss.detach()[None], o.channel_losses.detach()]
@@ -219,7 +243,7 @@ class LMObjective:
             b = next(self.val_data)
             with self.autocast:
                 o = net(b["grid"].to(device), attention_mask=b["attention_mask"].to(device),
-                        labels=b["labels"].to(device), loss_weights=self.weights)
+                        labels=b["labels"].to(device), loss_weights=self.weights, text_loss_chunk=self.text_loss_chunk)
             total += o.loss.double()
         net.train()
         if self.world > 1:
