@@ -99,10 +99,13 @@ class FakeBackend:
     """Deterministic stand-in for MimoAudio's batch core.
 
     transcribe -> words "w0 w1 ..." (one per step); speak -> 0.04 s of a tone per step; chat -> words, plus
-    audio for reply="speech". ``step_s`` sleeps per engine step (to make batching and timeouts observable).
+    audio for reply="speech". ``step_s`` sleeps per engine step (to make batching and timeouts observable);
+    ``gate`` (an Event, or None) holds every step until it is set (a request that must still be running when the
+    test looks, however slow the machine).
     """
 
     step_s: float = 0.0
+    gate: threading.Event | None = None
     sample_rate: int = 24000
     batches: list = field(default_factory=list)
     prepared: list = field(default_factory=list)
@@ -153,6 +156,9 @@ class FakeStream:
         while any(self._step - s < r.steps for s, r in zip(self._start, self.requests)):
             if self.backend.step_s:
                 time.sleep(self.backend.step_s)
+            gate = self.backend.gate
+            if gate is not None:
+                gate.wait(timeout=60)
             for i, r in enumerate(list(self.requests)):
                 step = self._step - self._start[i]
                 if i in self._cancelled or not 0 <= step < r.steps:

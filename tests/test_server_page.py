@@ -391,6 +391,7 @@ def test_errors_413_429_and_stop(browser, slow, fixture_path, clips, shots, tmp_
                              kwargs={"json": {"model": "mimo-audio", "input": "hold"}, "timeout": 30})
             for _ in range(2)]
     batches = len(slow.backend.batches)
+    slow.backend.gate = gate = threading.Event()  # the running request holds until the page has been refused
     busy[0].start()  # it leaves the queue when its batch starts ...
     _wait(lambda: len(slow.backend.batches) > batches, what="the first request to run")
     busy[1].start()  # ... and the second waits in the queue's one slot
@@ -399,6 +400,8 @@ def test_errors_413_429_and_stop(browser, slow, fixture_path, clips, shots, tmp_
     _run(browser, "speak", expect="The server is busy")
     assert "retry in 3 s" in _id(browser, "speak-status").text
     _shot(browser, shots, "errors")
+    slow.backend.gate = None
+    gate.set()
     for t in busy:
         t.join()
 
