@@ -60,7 +60,7 @@ def released_config() -> LMConfig:
 def build(config: LMConfig, *, stage: str = "sft", lora: int = 0) -> torch.nn.Module:
     """The model on the meta device, frozen / wrapped as the trainer does for ``stage`` and ``--lora``."""
     from mimo_audio.train.config import make_config
-    from mimo_audio.train.trainer import freeze_for_stage
+    from mimo_audio.train.lm_objective import freeze_for_stage
 
     with torch.device("meta"):
         lm = MimoAudioLM(config)

@@ -14,7 +14,7 @@ from lm_helpers import EMPTY, random_grid, tiny_lm
 from mimo_audio.lm import MimoAudioLM
 from mimo_audio.train.config import TrainConfigError, make_config
 from mimo_audio.train.data import ExampleBatches, save_examples
-from mimo_audio.train.trainer import module_group, train
+from mimo_audio.train.lm_objective import module_group, train
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -92,7 +92,7 @@ def test_param_groups_follow_the_stage_ratios():
     cfg = make_config(stage="sft", lr=2e-5)
     assert cfg.lrs() == pytest.approx({"encoder": 1e-4, "llm": 2e-5, "decoder": 1e-4})
     assert make_config(stage="pt1").lrs()["decoder"] is None
-    from mimo_audio.train.trainer import decays, param_groups
+    from mimo_audio.train.lm_objective import decays, param_groups
 
     lm = model()
     groups = {g["name"]: g for g in param_groups(lm, cfg)}
@@ -416,7 +416,7 @@ def test_memory_benchmark_state_bytes_match_a_real_step(fixture_path):
     import importlib.util
     from pathlib import Path
 
-    from mimo_audio.train.trainer import freeze_for_stage, param_groups
+    from mimo_audio.train.lm_objective import freeze_for_stage, param_groups
 
     spec = importlib.util.spec_from_file_location("train_memory", Path(__file__).parents[1] / "benchmarks" /
                                                   "train_memory.py")

@@ -14,7 +14,7 @@ pytest.importorskip("pyarrow", reason="the data tools need the train extra: pip 
 from mimo_audio.lm import MimoAudioLM  # noqa: E402
 from mimo_audio.train.config import TrainConfigError, make_config  # noqa: E402
 from mimo_audio.train.data import save_examples  # noqa: E402
-from mimo_audio.train.trainer import train  # noqa: E402
+from mimo_audio.train.lm_objective import train  # noqa: E402
 
 TEXTS = ["hello there", "good morning to you", "a short test", "the quick brown fox", "one two three", "speech"]
 
@@ -96,7 +96,7 @@ def test_shard_and_task_errors_come_before_step_1(tmp_path, fixture_path, shards
 def _worker(rank, world, init, kw, out):
     import torch.distributed as dist
 
-    from mimo_audio.train.trainer import make_data
+    from mimo_audio.train.lm_objective import make_data
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)

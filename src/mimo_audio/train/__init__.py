@@ -8,6 +8,6 @@
 """
 
 from .config import STAGES, TrainConfig, TrainConfigError, make_config
-from .trainer import train
+from .lm_objective import train
 
 __all__ = ["STAGES", "TrainConfig", "TrainConfigError", "make_config", "train"]

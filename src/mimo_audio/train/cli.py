@@ -109,7 +109,7 @@ def run(argv: list[str], prog: str = "mimo-audio train") -> int:
             return 0
         args = build_parser(prog).parse_args(argv)
         cfg = config_from_args(args)
-        from .trainer import train
+        from .lm_objective import train
 
         try:
             train(cfg)

@@ -4,7 +4,7 @@ A *batch source* is an iterator of micro-batches ``{"grid": LongTensor [B, 9, 4N
 [B, 9, 4N], "attention_mask": LongTensor [B, N]}`` (right-padded: grid 0, labels -100, mask 0 on padding
 groups; SPEC §8.3) that yields this rank's share and has ``state_dict()`` / ``load_state_dict()`` for its
 position, so that a resumed run reads exactly the batches an uninterrupted one would. Any object with those
-four methods plugs into :func:`mimo_audio.train.trainer.train`.
+four methods plugs into :func:`mimo_audio.train.lm_objective.train`.
 
 - :class:`ShardBatches`: the prepared shards of ``mimo-audio data prepare`` (:mod:`mimo_audio.data`) through
   the length-bucketed, task-mixing :class:`~mimo_audio.data.loader.Loader` (``--tasks``);

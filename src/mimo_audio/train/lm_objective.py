@@ -5,6 +5,7 @@ learning rates, stage freezing, LoRA, activation checkpointing, the forward/loss
 from __future__ import annotations
 
 import math
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch.distributed as dist
 
 from ..lm import MimoAudioLM
 from .config import TrainConfig, TrainConfigError
-from .trainer import Part, dist_info, full_state
+from .trainer import Part, dist_info, fit, full_state
 
 ENCODER = ("patch_encoder.", "speech_embeddings.", "group_downcast.")
 DECODER = ("patch_decoder.", "local_heads.", "hidden_downcast.", "speech_to_local.")
@@ -267,3 +268,32 @@ class LMObjective:
             export_adapter(self.net, sd, output / "final", base=cfg.model)
         else:
             export_released(self.lm.config, sd, output / "final", base_folder=base, empty_id=self.lm.empty_id)
+
+
+# ------------------------------------------------------------------------------------------ the command's entry
+def make_data(path: str, cfg: TrainConfig, group_size: int, *, shuffle: bool = True):
+    """``--data`` / ``--val-data``: a prepared shard folder (the ``--tasks`` mixture, length-bucketed; examples
+    longer than ``--max-groups``, default the model folder's positions, are cut) or example files; this rank's
+    share of it."""
+    from .data import open_data
+
+    rank, world = dist_info()
+    max_groups = cfg.max_groups
+    if max_groups is None and cfg.model is not None:
+        from .. import checkpoint
+        from ..config import LMConfig
+
+        cfg_file = checkpoint.resolve(cfg.model) / "config.json"
+        max_groups = LMConfig.from_file(cfg_file).max_position_embeddings if cfg_file.is_file() else None
+    return open_data(path, cfg, group_size, rank=rank, world=world, shuffle=shuffle, max_groups=max_groups or 8192)
+
+
+def train(cfg: TrainConfig, *, model=None, data=None, val_data=None, out=sys.stderr) -> list[dict]:
+    """Train (or resume) the LM into ``cfg.output`` (:class:`LMObjective` on :func:`~.trainer.fit`); returns
+    this call's metric records.
+
+    ``model`` / ``data`` / ``val_data`` replace loading them from ``cfg.model`` / ``cfg.data`` (batch sources as in
+    :mod:`mimo_audio.train.data`; each rank passes its own share)."""
+    cfg.validate()
+    return fit(cfg, lambda device: LMObjective(cfg, device, model=model, data=data, val_data=val_data,
+                                               make_data=make_data), out=out)

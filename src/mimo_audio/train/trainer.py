@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from ..files import atomic_output
-from .config import TrainConfig, TrainConfigError
+from .config import TrainConfigError
 from .tracker import open_tracker
 
 STATE_FILE = "trainer_state.json"
@@ -320,46 +320,3 @@ def fit(cfg, make_objective: Callable[[torch.device], Objective], *, out=sys.std
             Path(tmp).write_text(json.dumps({"finished": True, "step": step}))
     barrier()
     return records
-
-
-# ------------------------------------------------------------------------------------------ the LM
-def make_data(path: str, cfg: TrainConfig, group_size: int, *, shuffle: bool = True):
-    """``--data`` / ``--val-data``: a prepared shard folder (the ``--tasks`` mixture, length-bucketed; examples
-    longer than ``--max-groups``, default the model folder's positions, are cut) or example files; this rank's
-    share of it."""
-    from .data import open_data
-
-    rank, world = dist_info()
-    max_groups = cfg.max_groups
-    if max_groups is None and cfg.model is not None:
-        from .. import checkpoint
-        from ..config import LMConfig
-
-        cfg_file = checkpoint.resolve(cfg.model) / "config.json"
-        max_groups = LMConfig.from_file(cfg_file).max_position_embeddings if cfg_file.is_file() else None
-    return open_data(path, cfg, group_size, rank=rank, world=world, shuffle=shuffle, max_groups=max_groups or 8192)
-
-
-def train(cfg: TrainConfig, *, model=None, data=None, val_data=None, out=sys.stderr) -> list[dict]:
-    """Train (or resume) the LM into ``cfg.output`` (:class:`~.lm_objective.LMObjective` on :func:`fit`); returns
-    this call's metric records.
-
-    ``model`` / ``data`` / ``val_data`` replace loading them from ``cfg.model`` / ``cfg.data`` (batch sources as in
-    :mod:`mimo_audio.train.data`; each rank passes its own share)."""
-    from .lm_objective import LMObjective
-
-    cfg.validate()
-    return fit(cfg, lambda device: LMObjective(cfg, device, model=model, data=data, val_data=val_data,
-                                               make_data=make_data), out=out)
-
-
-_LM_NAMES = ("module_group", "decays", "freeze_for_stage", "param_groups", "lr_lambda", "checkpoint_blocks",
-             "load_model", "LMObjective")
-
-
-def __getattr__(name: str):  # the LM objective's helpers, importable from here as before the split
-    if name in _LM_NAMES:
-        from . import lm_objective
-
-        return getattr(lm_objective, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
