@@ -107,12 +107,30 @@ def run(argv: list[str], prog: str = "mimo-audio train") -> int:
             dest = export_checkpoint(args.run, args.output, step=args.step)
             print(f"{dest}: model written", file=sys.stderr)
             return 0
-        args = build_parser(prog).parse_args(argv)
-        cfg = config_from_args(args)
+    except (MimoAudioError, OSError) as exc:
+        return _failed(prog, exc)
+
+    def work():
         from .lm_objective import train
 
+        train(config_from_args(build_parser(prog).parse_args(argv)))
+
+    return run_training(prog, work)
+
+
+def _failed(prog: str, exc: BaseException) -> int:
+    msg = str(exc) or type(exc).__name__
+    print(f"{prog.split()[0]}: error: {' '.join(msg.split())}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def run_training(prog: str, work) -> int:
+    """Run ``work()`` (parse the flags and train) as a command: the process group is closed however it ends, a
+    :class:`~mimo_audio.errors.MimoAudioError` or OS error is one line on stderr (exit 2), Ctrl-C says how to go
+    on (exit 130). Shared by ``mimo-audio train`` and ``mimo-audio train-codec``."""
+    try:
         try:
-            train(cfg)
+            work()
         finally:
             import torch.distributed as dist
 
@@ -120,9 +138,7 @@ def run(argv: list[str], prog: str = "mimo-audio train") -> int:
                 dist.destroy_process_group()
         return 0
     except (MimoAudioError, OSError) as exc:
-        msg = str(exc) or type(exc).__name__
-        print(f"{prog.split()[0]}: error: {' '.join(msg.split())}", file=sys.stderr)
-        return EXIT_ERROR
+        return _failed(prog, exc)
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)
         return 130

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ...errors import MimoAudioError
 from .config import SHIPPED, make_codec_config, read_config
 
 EXIT_ERROR = 2
@@ -53,26 +51,14 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(argv: list[str], prog: str = "mimo-audio train-codec") -> int:
-    try:
-        args = build_parser(prog).parse_args(argv)
-        cfg = config_from_args(args)
+    from ..cli import run_training
+
+    def work():
         from .objective import train_codec
 
-        try:
-            train_codec(cfg)
-        finally:
-            import torch.distributed as dist
+        train_codec(config_from_args(build_parser(prog).parse_args(argv)))
 
-            if dist.is_available() and dist.is_initialized():
-                dist.destroy_process_group()
-        return 0
-    except (MimoAudioError, OSError) as exc:
-        msg = str(exc) or type(exc).__name__
-        print(f"{prog.split()[0]}: error: {' '.join(msg.split())}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume", file=sys.stderr)
-        return 130
+    return run_training(prog, work)
 
 
 def add_train_codec_command(subparsers) -> None:
