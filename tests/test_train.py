@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from dist_helpers import leave_worker
 from lm_helpers import EMPTY, random_grid, tiny_lm
 from mimo_audio.lm import MimoAudioLM
 from mimo_audio.train.config import TrainConfigError, make_config
@@ -203,6 +204,7 @@ def _worker(rank, world, init, ex, out, kw):
             torch.save([r["loss"] for r in recs], out)
     finally:
         dist.destroy_process_group()
+    leave_worker()
 
 
 def test_fsdp2_two_ranks_equal_one(tmp_path):
@@ -545,6 +547,7 @@ def _mp_worker(rank, world, init, ex, out, kw):
             torch.save(losses, out)
     finally:
         dist.destroy_process_group()
+    leave_worker()
 
 
 def test_fsdp2_bf16_mixed_precision_and_chunked_loss_on_gloo(tmp_path):

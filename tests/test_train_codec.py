@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from dist_helpers import leave_worker
 from mimo_audio.codec import AudioTokenizer
 from mimo_audio.train.codec import make_codec_config, read_config, train_codec
 from mimo_audio.train.config import TrainConfigError
@@ -257,6 +258,7 @@ def _worker(rank, world, init, kws, out):
         torch.save(result, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
+    leave_worker()
 
 
 def test_fsdp2_two_ranks_both_stages(tmp_path):

@@ -11,6 +11,7 @@ import torch
 
 pytest.importorskip("pyarrow", reason="the data tools need the train extra: pip install -e '.[train]'")
 
+from dist_helpers import leave_worker
 from mimo_audio.lm import MimoAudioLM  # noqa: E402
 from mimo_audio.train.config import TrainConfigError, make_config  # noqa: E402
 from mimo_audio.train.data import save_examples  # noqa: E402
@@ -111,6 +112,7 @@ def _worker(rank, world, init, kw, out):
             torch.save([r["loss"] for r in recs], out)
     finally:
         dist.destroy_process_group()
+    leave_worker()
 
 
 def test_fsdp2_ranks_read_their_own_slice_of_the_shards(tmp_path, fixture_path, shards):
