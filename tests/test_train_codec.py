@@ -228,6 +228,12 @@ def test_bad_settings_fail_clearly(tmp_path):
         read_config(str(f))
     with pytest.raises(TrainConfigError, match="a2t-dim"):
         make_codec_config(read_config("small"), a2t_dim=130)
+    y = tmp_path / "c.yaml"  # YAML is read by the same reader as the LM's config files
+    y.write_text("batch-size: 3\ntokenizer:\n  d_model: 128\n")
+    assert read_config(str(y)) == {"batch_size": 3, "tokenizer": {"d_model": 128}}
+    y.write_text("tokenizer: 5\n")
+    with pytest.raises(TrainConfigError, match="must be a table"):
+        read_config(str(y))
     with pytest.raises(TrainConfigError, match="does not exist"):
         train_codec(settings(tmp_path, "x", str(tmp_path / "nothing.jsonl")))
     (tmp_path / "shards").mkdir()

@@ -198,9 +198,10 @@ def parse_tasks(text: str | dict) -> dict[str, float]:
     return out
 
 
-def read_config_file(path: str | Path) -> dict:
-    """Settings from a TOML (``.toml``) or YAML (``.yaml`` / ``.yml``) file: one mapping whose keys are the
-    :class:`TrainConfig` fields (dashes or underscores)."""
+def read_settings(path: str | Path, fields, *, unknown_hint: str = "") -> dict:
+    """Settings from a TOML (``.toml``) or YAML (``.yaml`` / ``.yml``) file: one mapping whose keys (dashes or
+    underscores) are among ``fields`` (``resume`` is a flag only). Shared by ``mimo-audio train`` and
+    ``mimo-audio train-codec``."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise TrainConfigError(f"config file {path} does not exist")
@@ -238,11 +239,16 @@ def read_config_file(path: str | Path) -> dict:
     out = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
-        if name not in _FIELDS or name in ("resume",):
+        if name not in fields or name == "resume":
             raise TrainConfigError(f"config file {path}: unknown setting {key!r}; known: "
-                                   f"{', '.join(sorted(n for n in _FIELDS if n != 'resume'))}")
+                                   f"{', '.join(sorted(n for n in fields if n != 'resume'))}{unknown_hint}")
         out[name] = value
     return out
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Settings from a TOML or YAML file whose keys are the :class:`TrainConfig` fields."""
+    return read_settings(path, _FIELDS)
 
 
 def make_config(file_settings: dict | None = None, **overrides) -> TrainConfig:

@@ -16,7 +16,7 @@ def build_parser(prog: str = "mimo-audio train-codec") -> argparse.ArgumentParse
         "`torchrun --nproc-per-node N -m mimo_audio.train_codec ...` for data-parallel FSDP2.")
     a = p.add_argument
     a("--stage", type=int, choices=[1, 2], required=True, help="1 (from scratch or --init) or 2 (needs --init)")
-    a("--config", required=True, help=f"a shipped config ({', '.join(SHIPPED)}) or a TOML file (training settings "
+    a("--config", required=True, help=f"a shipped config ({', '.join(SHIPPED)}) or a TOML / YAML file (training settings "
       "at the top, the tokenizer's config.json fields in a [tokenizer] table)")
     a("--data", required=True, help="a JSONL manifest of {\"audio\", \"text\"} lines or a folder of audio files")
     a("--val-data", help="validation clips (same forms)")

@@ -10,7 +10,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from ...config import TokenizerConfig
-from ..config import SCHEDULES, TrainConfigError
+from ..config import SCHEDULES, TrainConfigError, read_settings
 
 SHIPPED = ("small", "released")
 
@@ -130,33 +130,19 @@ def shipped_config_path(name: str) -> Path:
 
 
 def read_config(spec: str) -> dict:
-    """Settings of ``--config``: a shipped config by name (``small``, ``released``) or a TOML file."""
+    """Settings of ``--config``: a shipped config by name (``small``, ``released``) or a TOML / YAML file (read as
+    :func:`~mimo_audio.train.config.read_settings` reads the LM's), with a ``tokenizer`` table of ``config.json``
+    fields."""
     if spec in SHIPPED:
         path = shipped_config_path(spec)
+    elif not Path(spec).expanduser().is_file():
+        raise TrainConfigError(f"--config {spec}: not a shipped config ({', '.join(SHIPPED)}) and no such file")
     else:
         path = Path(spec).expanduser()
-        if not path.is_file():
-            raise TrainConfigError(f"--config {spec}: not a shipped config ({', '.join(SHIPPED)}) and no such file")
-        if path.suffix.lower() != ".toml":
-            raise TrainConfigError(f"config file {path}: only TOML (.toml) is read")
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10: the train extra installs tomli
-        import tomli as tomllib
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise TrainConfigError(f"config file {path}: {exc}") from None
-    out = {}
-    for key, value in data.items():
-        name = key.replace("-", "_")
-        if name not in _FIELDS or name == "resume":
-            raise TrainConfigError(f"config file {path}: unknown setting {key!r}; known: "
-                                   f"{', '.join(sorted(n for n in _FIELDS if n not in ('resume',)))}")
-        if name == "tokenizer" and not isinstance(value, dict):
-            raise TrainConfigError(f"config file {path}: 'tokenizer' must be a table of config.json fields")
-        out[name] = value
+    out = read_settings(path, _FIELDS)
     if "tokenizer" in out:
+        if not isinstance(out["tokenizer"], dict):
+            raise TrainConfigError(f"config file {path}: 'tokenizer' must be a table of config.json fields")
         known = {f.name for f in dataclasses.fields(TokenizerConfig)}
         bad = sorted(set(out["tokenizer"]) - known)
         if bad:
