@@ -37,9 +37,40 @@ DEFAULT_LORA_TARGETS = (r"(backbone|patch_decoder)\.layers\.\d+\.attn\.(qkv|o_pr
 
 
 @dataclass
-class TrainConfig:
-    """Every setting of a run; ``mimo-audio train`` flags and config-file keys have the same names
-    (dashes in flags, underscores in files)."""
+class LoopConfig:
+    """The settings of the generic loop (:func:`~mimo_audio.train.trainer.fit`), shared by every objective's
+    configuration (the LM's :class:`TrainConfig`, the tokenizer's ``CodecTrainConfig``)."""
+
+    max_steps: int = 1000
+    device: str | None = None
+    output: str = "runs/mimo-audio"
+    resume: bool = False
+    save_every: int = 500
+    keep: int = 2
+    val_every: int = 0
+    log_every: int = 1
+    seed: int = 0
+    progress: bool = True
+    stop_after: int | None = None  # leave the loop after this step without finishing (a planned interruption)
+    tracker: str | None = None  # "tensorboard": also write the per-step scalars to OUTPUT/tensorboard
+
+    def check_loop(self) -> None:
+        """Raise :class:`TrainConfigError` for a loop setting that cannot work."""
+        for name in ("max_steps", "save_every", "keep", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise TrainConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise TrainConfigError(f"stop-after must be at least 1, got {self.stop_after}")
+        if self.val_every < 0:
+            raise TrainConfigError(f"val-every must not be negative, got {self.val_every}")
+        if self.tracker is not None:
+            check_tracker(self.tracker)
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """Every setting of an LM run (the loop's, :class:`LoopConfig`, then the LM's); ``mimo-audio train`` flags and
+    config-file keys have the same names (dashes in flags, underscores in files)."""
 
     model: str | None = None
     tokenizer: str | None = None
@@ -51,7 +82,6 @@ class TrainConfig:
     lora_alpha: float | None = None  # default 2 x rank
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
-    max_steps: int = 1000
     batch_size: int = 1  # per rank
     grad_accum: int = 1
     lr: float | None = None  # the LLM's rate; None = the stage's
@@ -60,25 +90,14 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
-    device: str | None = None
-    output: str = "runs/mimo-audio"
-    resume: bool = False
-    save_every: int = 500
-    keep: int = 2
-    val_every: int = 0
-    log_every: int = 1
-    seed: int = 0
     activation_checkpointing: bool = False
     bf16: bool = True  # bf16 on CUDA, fp32 master weights: FSDP2 MixedPrecisionPolicy under torchrun, autocast in
     # one process; ignored on CPU
     text_loss_chunk: int | None = 1024  # positions per chunk of the text loss (LM head per chunk, checkpointed);
     # None or 0: the full logits at once
-    progress: bool = True
     empty_id: int | None = None  # the <|empty|> text id when the model folder has no tokenizer.json
-    stop_after: int | None = None  # leave the loop after this step without finishing (a planned interruption)
     max_groups: int | None = None  # shard data: cut longer examples here (default: the model's positions, else 8192)
     window: int = 128  # shard data: batches per length-sorting window of the loader (docs/data.md)
-    tracker: str | None = None  # "tensorboard": also write the per-step scalars to OUTPUT/tensorboard
 
     @property
     def stage_info(self) -> Stage:
@@ -110,13 +129,12 @@ class TrainConfig:
             raise TrainConfigError(f"unknown schedule {self.schedule!r}; use constant or cosine")
         if self.text_loss_chunk is not None and int(self.text_loss_chunk) < 0:
             raise TrainConfigError(f"text-loss-chunk must be a number of positions (0: off), got {self.text_loss_chunk}")
-        for name in ("max_steps", "batch_size", "grad_accum", "save_every", "keep", "log_every"):
+        self.check_loop()
+        for name in ("batch_size", "grad_accum"):
             if int(getattr(self, name)) < 1:
                 raise TrainConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.stop_after is not None and self.stop_after < 1:
-            raise TrainConfigError(f"stop-after must be at least 1, got {self.stop_after}")
-        if self.val_every < 0 or self.lora < 0:
-            raise TrainConfigError("val-every and lora must not be negative")
+        if self.lora < 0:
+            raise TrainConfigError(f"lora must not be negative, got {self.lora}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise TrainConfigError(f"warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.lr is not None and not self.lr > 0:
@@ -132,8 +150,6 @@ class TrainConfig:
             raise TrainConfigError(f"max-groups must be at least 1, got {self.max_groups}")
         if self.window < 1:
             raise TrainConfigError(f"window must be at least 1, got {self.window}")
-        if self.tracker is not None:
-            check_tracker(self.tracker)
         if self.tasks:
             check_tasks(self.tasks)
 

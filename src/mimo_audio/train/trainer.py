@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from ..files import atomic_output
-from .config import TrainConfigError
+from .config import LoopConfig, TrainConfigError
 from .tracker import open_tracker
 
 STATE_FILE = "trainer_state.json"
@@ -236,11 +236,10 @@ def _drop_metrics_after(path: Path, step: int) -> None:
         Path(tmp).write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
 
-def fit(cfg, make_objective: Callable[[torch.device], Objective], *, out=sys.stderr) -> list[dict]:
+def fit(cfg: LoopConfig, make_objective: Callable[[torch.device], Objective], *, out=sys.stderr) -> list[dict]:
     """Run (or resume) a training run into ``cfg.output``; returns this call's metric records.
 
-    ``cfg`` is any settings object with the loop's fields (``output``, ``resume``, ``max_steps``, ``save_every``,
-    ``keep``, ``log_every``, ``val_every``, ``progress``, ``stop_after``, ``device``; a dataclass, recorded as
+    ``cfg``: a :class:`~mimo_audio.train.config.LoopConfig` (an objective's configuration; recorded as
     ``train_config.json``); ``make_objective(device)`` builds the objective once the run folder checks passed."""
     init_distributed(cfg.device)
     rank, world = dist_info()
@@ -281,7 +280,7 @@ def fit(cfg, make_objective: Callable[[torch.device], Objective], *, out=sys.std
     bar = tqdm(total=cfg.max_steps, initial=step, unit="step", file=sys.stderr, dynamic_ncols=True,
                disable=not (rank == 0 and cfg.progress and sys.stderr.isatty()))
     metrics = output / "metrics.jsonl"
-    tracker = open_tracker(getattr(cfg, "tracker", None), output, rank=rank, start_step=step)
+    tracker = open_tracker(cfg.tracker, output, rank=rank, start_step=step)
     val_start = val_data.state_dict() if val_data is not None else None
     while step < cfg.max_steps:
         t0 = time.perf_counter()

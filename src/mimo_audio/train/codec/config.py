@@ -10,14 +10,15 @@ from importlib.resources import files
 from pathlib import Path
 
 from ...config import TokenizerConfig
-from ..config import SCHEDULES, TrainConfigError, read_settings
+from ..config import SCHEDULES, LoopConfig, TrainConfigError, read_settings
 
 SHIPPED = ("small", "released")
 
 
 @dataclass
-class CodecTrainConfig:
-    """Every setting of a tokenizer run; ``mimo-audio train-codec`` flags and config-file keys share the names."""
+class CodecTrainConfig(LoopConfig):
+    """Every setting of a tokenizer run (the loop's, :class:`~mimo_audio.train.config.LoopConfig`, then the
+    tokenizer's); ``mimo-audio train-codec`` flags and config-file keys share the names."""
 
     stage: int = 1
     tokenizer: dict = field(default_factory=dict)  # TokenizerConfig fields (ignored with --init: its config wins)
@@ -55,21 +56,12 @@ class CodecTrainConfig:
     mpd_max_channels: int = 256
     stft_channels: int = 16
     stft_ffts: tuple[int, ...] = (1024, 512, 256)
-    device: str | None = None
     output: str = "runs/mimo-audio-codec"
-    resume: bool = False
-    save_every: int = 500
-    keep: int = 2
-    val_every: int = 0
     val_clips: int = 8
     val_seconds: float = 5.0
     sample_every: int = 0  # write reconstructions of the first validation (or training) clips every N steps
     samples: int = 2
-    log_every: int = 1
-    seed: int = 0
     bf16: bool = False  # autocast on CUDA for the networks (losses and RVQ stay float32)
-    progress: bool = True
-    stop_after: int | None = None
 
     def model_config(self) -> TokenizerConfig:
         return TokenizerConfig.from_dict(dict(self.tokenizer))
@@ -82,18 +74,17 @@ class CodecTrainConfig:
         if self.stage == 2 and not self.init:
             raise TrainConfigError("stage 2 fine-tunes the decoder of a trained tokenizer with encoder and RVQ frozen; "
                                    "pass --init FOLDER (a stage-1 run's final/ or a released tokenizer)")
-        for name in ("max_steps", "batch_size", "save_every", "keep", "log_every", "val_clips", "samples",
+        self.check_loop()
+        for name in ("batch_size", "val_clips", "samples",
                      "a2t_layers", "a2t_dim", "a2t_heads", "max_text_tokens", "mpd_channels", "stft_channels"):
             if int(getattr(self, name)) < 1:
                 raise TrainConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("val_every", "sample_every", "kmeans_iters", "a2t_weight", "recon_weight", "commit_weight",
+        for name in ("sample_every", "kmeans_iters", "a2t_weight", "recon_weight", "commit_weight",
                      "adv_weight", "fm_weight", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise TrainConfigError(f"{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if self.dead_code_relative is not None and not self.dead_code_relative > 0:
             raise TrainConfigError(f"dead-code-relative must be positive (or unset), got {self.dead_code_relative}")
-        if self.stop_after is not None and self.stop_after < 1:
-            raise TrainConfigError(f"stop-after must be at least 1, got {self.stop_after}")
         for name in ("lr", "lr_disc"):
             v = getattr(self, name)
             if v is not None and not v > 0:
