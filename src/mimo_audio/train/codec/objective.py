@@ -250,10 +250,17 @@ class CodecObjective:
             perplexity.append(round(float(torch.exp(-(p * p.clamp(min=1e-12).log()).sum())), 3))
         return {"codebook_usage": usage, "codebook_perplexity": perplexity}
 
-    def _clip(self, params) -> float:
+    def _update(self, part, loss: torch.Tensor, params) -> tuple[float, float]:
+        """One optimizer step of ``part`` on ``loss``: backward, clip ``params``' gradient norm, step the optimizer
+        and the schedule. Returns (gradient norm, learning rate used)."""
+        part.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf"))
         gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
-        return float(gn)
+        lr = part.optimizer.param_groups[0]["lr"]
+        part.optimizer.step()
+        part.scheduler.step()
+        return float(gn), lr
 
     # ------------------------------------------------------------------------------------ one step
     def step(self, step: int) -> tuple[dict, float]:
@@ -261,7 +268,6 @@ class CodecObjective:
         batch = next(self.data)
         wav = batch["wav"].to(self.device)
         S = wav.shape[1]
-        g_opt = self.parts[0].optimizer
         nl = tr.draw_layers(wav.shape[0], wav.device)
         rec: dict = {}
         if cfg.stage == 1:
@@ -271,27 +277,17 @@ class CodecObjective:
             recon = multiscale_mel_l1(tr.mels, wav, y)
             a2t = self._a2t(q, batch["text"]) if tr.a2t is not None else torch.zeros((), device=wav.device)
             loss = cfg.recon_weight * recon + cfg.commit_weight * commit + cfg.a2t_weight * a2t
-            g_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gn = self._clip(self.g_params)
-            lr = g_opt.param_groups[0]["lr"]
-            g_opt.step()
-            self.parts[0].scheduler.step()
+            gn, lr = self._update(self.parts[0], loss, self.g_params)
             vals = torch.stack([loss.detach(), recon.detach(), commit.detach(), a2t.detach()]).double()
             names = ["loss", "loss_recon", "loss_commit", "loss_a2t"]
         else:
-            d_part = self.parts[1]
             with torch.no_grad(), self.autocast:
                 q, codes, commit, used = tr.encode(wav, nl)
             with self.autocast:
                 y = tr.decode(q, S)
             # discriminator step on the current generator's output
-            d_part.optimizer.zero_grad(set_to_none=True)
             l_disc = disc_loss(self.disc(wav), self.disc(y.detach()))
-            l_disc.backward()
-            dgn = self._clip(list(self.disc.parameters()))
-            d_part.optimizer.step()
-            d_part.scheduler.step()
+            dgn, _ = self._update(self.parts[1], l_disc, list(self.disc.parameters()))
             # generator step against the updated discriminators
             with torch.no_grad():
                 real = self.disc(wav)
@@ -299,12 +295,7 @@ class CodecObjective:
             recon = multiscale_mel_l1(tr.mels, wav, y)
             l_adv, l_fm = adv_loss(fake), fm_loss(real, fake)
             loss = cfg.recon_weight * recon + cfg.adv_weight * l_adv + cfg.fm_weight * l_fm
-            g_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gn = self._clip(self.g_params)
-            lr = g_opt.param_groups[0]["lr"]
-            g_opt.step()
-            self.parts[0].scheduler.step()
+            gn, lr = self._update(self.parts[0], loss, self.g_params)
             zero = torch.zeros((), device=wav.device)
             vals = torch.stack([loss.detach(), recon.detach(), commit.detach(), zero, l_adv.detach(), l_fm.detach(),
                                 l_disc.detach()]).double()
