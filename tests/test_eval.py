@@ -308,14 +308,14 @@ def test_voice_conversion_report(synth, mimo, tmp_path, monkeypatch):
 def test_pesq_and_stoi_when_installed(synth):
     pytest.importorskip("pesq", reason="pip install -e '.[quality]'")
     pytest.importorskip("pystoi", reason="pip install -e '.[quality]'")
-    from mimo_audio.eval.judges import to_16k
-    from mimo_audio.eval.tasks import _intelligibility
+    from mimo_audio.eval.judges import JUDGE_RATE, to_16k
+    from mimo_audio.eval.scoring import intelligibility
 
     clean = to_16k(str(synth.parent / "utt0.wav"))
-    same = _intelligibility(clean, clean)
+    same = intelligibility(clean, clean, JUDGE_RATE)
     assert same["stoi"] == pytest.approx(1.0, abs=1e-3) and same["pesq_wb"] > 4.5 and same["pesq_nb"] > 4.4
     noisy = clean + 0.05 * np.random.default_rng(0).standard_normal(clean.shape).astype(np.float32)
-    worse = _intelligibility(clean, noisy)
+    worse = intelligibility(clean, noisy, JUDGE_RATE)
     assert worse["stoi"] < same["stoi"] and worse["pesq_wb"] < same["pesq_wb"] - 1
 
 

@@ -222,3 +222,25 @@ def token_f1(prediction: str, reference: str) -> float:
         return 0.0
     precision, recall = common / len(p), common / len(r)
     return 2 * precision * recall / (precision + recall)
+
+
+def intelligibility(ref, out, rate: int) -> dict[str, float]:
+    """STOI and wide/narrow-band PESQ of ``out`` against ``ref`` (1-D float arrays at ``rate``, 16 kHz for PESQ)
+    when pystoi / pesq are installed (optional: absent keys otherwise; PESQ refuses silent or too-short clips)."""
+    res: dict[str, float] = {}
+    try:
+        from pystoi import stoi
+
+        res["stoi"] = float(stoi(ref, out, rate, extended=False))
+    except ImportError:
+        pass
+    try:
+        from pesq import pesq
+
+        res["pesq_wb"] = float(pesq(rate, ref, out, "wb"))
+        res["pesq_nb"] = float(pesq(rate, ref, out, "nb"))
+    except ImportError:
+        pass
+    except Exception:  # pesq refuses silent or too-short clips
+        pass
+    return res

@@ -20,6 +20,7 @@ from .judges import JUDGE_RATE, similarity, to_16k
 from .scoring import (
     after_thinking,
     error_rates,
+    intelligibility,
     is_chinese,
     normalize_text,
     score_choice,
@@ -294,7 +295,7 @@ class Codec(Task):
                    "output": _save(ctx, it, rec_wav, codec.sample_rate), "speaker": it.get("speaker")}
             ref16 = to_16k((wav.numpy(), codec.sample_rate))
             out16 = to_16k((rec_wav.numpy(), codec.sample_rate))
-            rec.update(_intelligibility(ref16, out16))
+            rec.update(intelligibility(ref16, out16, JUDGE_RATE))
             ref_text = _reference(it)
             lang = _language(it, ref_text or "")
             if ctx.judge is not None:
@@ -313,27 +314,6 @@ class Codec(Task):
             m.update(_mean(records, k))
         m.update(_rate_metrics(records))
         return m
-
-
-def _intelligibility(ref16: np.ndarray, out16: np.ndarray) -> dict:
-    """STOI and wide/narrow-band PESQ when pystoi / pesq are installed (optional; absent keys otherwise)."""
-    res: dict[str, float] = {}
-    try:
-        from pystoi import stoi
-
-        res["stoi"] = float(stoi(ref16, out16, JUDGE_RATE, extended=False))
-    except ImportError:
-        pass
-    try:
-        from pesq import pesq
-
-        res["pesq_wb"] = float(pesq(JUDGE_RATE, ref16, out16, "wb"))
-        res["pesq_nb"] = float(pesq(JUDGE_RATE, ref16, out16, "nb"))
-    except ImportError:
-        pass
-    except Exception:  # pesq refuses silent or too-short clips
-        pass
-    return res
 
 
 class FewShotS2S(Task):

@@ -404,14 +404,14 @@ def _intelligibility(ref: torch.Tensor, out: torch.Tensor, rate: int) -> dict:
     import numpy as np
     import soxr
 
-    from ...eval.tasks import JUDGE_RATE
-    from ...eval.tasks import _intelligibility as score
+    from ...eval.judges import JUDGE_RATE
+    from ...eval.scoring import intelligibility
 
     sums: dict[str, list[float]] = {}
     for a, b in zip(ref, out):
         r16 = soxr.resample(a.numpy().astype(np.float64), rate, JUDGE_RATE)
         o16 = soxr.resample(b.numpy().astype(np.float64), rate, JUDGE_RATE)
-        for k, v in score(r16, o16).items():
+        for k, v in intelligibility(r16, o16, JUDGE_RATE).items():
             sums.setdefault(k, []).append(v)
     return {f"val_{k}": float(sum(v) / len(v)) for k, v in sums.items()}
 
