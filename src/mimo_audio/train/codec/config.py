@@ -44,7 +44,6 @@ class CodecTrainConfig(LoopConfig):
     ema_decay: float = 0.99
     ema_eps: float = 1e-5
     dead_code_threshold: float | None = None  # default: the tokenizer's threshold_ema_dead_code
-    dead_code_relative: float | None = None  # set: dead below this share of the mean count per code (small batches)
     kmeans_iters: int = 10  # k-means iterations of the first-batch codebook initialisation
     a2t_layers: int = 2
     a2t_dim: int = 256
@@ -83,8 +82,6 @@ class CodecTrainConfig(LoopConfig):
                      "adv_weight", "fm_weight", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise TrainConfigError(f"{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
-        if self.dead_code_relative is not None and not self.dead_code_relative > 0:
-            raise TrainConfigError(f"dead-code-relative must be positive (or unset), got {self.dead_code_relative}")
         for name in ("lr", "lr_disc"):
             v = getattr(self, name)
             if v is not None and not v > 0:

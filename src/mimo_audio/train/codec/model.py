@@ -5,8 +5,7 @@ exactly as they are:
 - :class:`RVQTrainer`: the residual quantizer's training forward: nearest-code search (as inference), a
   straight-through estimator, per-layer commitment loss ``MSE(q.detach(), r)``, EMA codebook updates (decay 0.99,
   Laplace smoothing) with k-means initialisation on the first batch and dead-code re-initialisation from the batch
-  (codes whose EMA count falls below ``threshold_ema_dead_code``, or below ``relative`` times the mean count per code
-  when a step's batch is too small for that absolute threshold; see :meth:`RVQTrainer.dead_limit`), and quantizer dropout (a share of the clips use a
+  (codes whose EMA count falls below ``threshold_ema_dead_code``), and quantizer dropout (a share of the clips use a
   random prefix of the layers, so any prefix decodes). Its buffers are the released checkpoint's
   ``inited`` / ``cluster_size`` / ``embed_avg``.
 - :class:`TextDecoder`: the small A2T transformer that reads the quantized features and predicts the transcript.
@@ -63,11 +62,10 @@ class RVQTrainer(nn.Module):
     """Training forward and EMA state of an :class:`~mimo_audio.codec_modules.ResidualVQ` (see module doc)."""
 
     def __init__(self, quantizer, *, threshold: float, decay: float = 0.99, eps: float = 1e-5, kmeans_iters: int = 10,
-                 dropout: float = 0.5, relative: float | None = None):
+                 dropout: float = 0.5):
         super().__init__()
         self.quantizer = quantizer
         self.threshold, self.decay, self.eps, self.kmeans_iters, self.dropout = threshold, decay, eps, kmeans_iters, dropout
-        self.relative = relative
         for r, k in enumerate(quantizer.sizes):
             d = quantizer.codebooks[r].shape[1]
             self.register_buffer(f"inited{r}", torch.zeros(1))
@@ -112,20 +110,6 @@ class RVQTrainer(nn.Module):
             c = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], c)
         return c
 
-    def dead_limit(self, mean_count: float) -> tuple[float, float]:
-        """``(limit, restart)`` for a step whose batch gives ``mean_count`` frames per code (all ranks).
-
-        By default (``relative`` None) a code is dead when its EMA count is below the config's absolute threshold
-        (2) and restarts at it. With ``relative`` set, the limit is ``min(threshold, relative * mean_count)``: the
-        absolute threshold unless the batch is so small that an average code would fall below it (8 clips of 1 s are 200 frames for 1,024 codes: 0.2 per code, so a threshold of 2 would
-        re-seed almost every code at every step and the decoder would never see a stable codebook; measured on the
-        mini corpus, docs/training.md). A re-seeded code restarts at ``restart = max(limit, mean_count)``, the count
-        of an average code, so it has as many steps to win frames as an average code would take to fade."""
-        if self.relative is None:  # the absolute rule: below the threshold, restart at it
-            return self.threshold, self.fresh
-        limit = min(self.threshold, self.relative * mean_count)
-        return limit, max(limit, mean_count)
-
     @torch.no_grad()
     def _ema(self, r: int, x: torch.Tensor, idx: torch.Tensor) -> None:
         inited, cs, ea = self.buffers_of(r)
@@ -138,14 +122,13 @@ class RVQTrainer(nn.Module):
         n = cs.sum()
         smoothed = (cs + self.eps) / (n + k * self.eps) * n
         embed.data.copy_(ea / smoothed[:, None])
-        limit, restart = self.dead_limit(float(counts.sum()) / k)
-        dead = cs < limit
+        dead = cs < self.threshold
         self.dead[r] = float(dead.float().mean())
         if bool(dead.any()) and x.shape[0] > 0:
             fresh = self._broadcast(x[torch.randint(0, x.shape[0], (k,), device=x.device)].contiguous())
             embed.data[dead] = fresh[dead]
-            ea[dead] = fresh[dead] * restart
-            cs[dead] = restart
+            ea[dead] = fresh[dead] * self.fresh
+            cs[dead] = self.fresh
 
     def forward(self, x: torch.Tensor, *, n_layers: torch.Tensor | None = None):
         """``x`` ``(N, d)`` encoder frames -> ``(quantized (N, d) float32 with a straight-through gradient, codes

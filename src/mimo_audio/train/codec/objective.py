@@ -175,8 +175,7 @@ class CodecObjective:
 
         threshold = cfg.dead_code_threshold if cfg.dead_code_threshold is not None else config.threshold_ema_dead_code
         rvq = RVQTrainer(codec.quantizer, threshold=float(threshold), decay=cfg.ema_decay, eps=cfg.ema_eps,
-                         kmeans_iters=cfg.kmeans_iters, dropout=cfg.quantizer_dropout,
-                         relative=cfg.dead_code_relative)
+                         kmeans_iters=cfg.kmeans_iters, dropout=cfg.quantizer_dropout)
         if init_tensors is not None and not rvq.import_buffers(init_tensors):
             rvq.mark_trained()
         self.text = None
