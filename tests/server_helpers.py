@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
@@ -192,3 +193,30 @@ def assert_openai_error(resp, status, param=None):
     if param is not None:
         assert body["error"]["param"] == param, body
     return body["error"]
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+def fake_server_fixtures():
+    """``fake, server, client = fake_server_fixtures()`` in an HTTP test module: a module-scoped FakeBackend, a live
+    server on it (2 MB uploads, 120 s of audio, 64 new tokens) and a client per test."""
+
+    @pytest.fixture(scope="module")
+    def fake():
+        return FakeBackend()
+
+    @pytest.fixture(scope="module")
+    def server(fake):
+        from mimo_audio.server import ServerSettings, create_app
+
+        with LiveServer(create_app(fake, ServerSettings(max_upload_bytes=2_000_000, max_audio_seconds=120,
+                                                        max_new_tokens=64))) as srv:
+            yield srv
+
+    @pytest.fixture()
+    def client(server):
+        import httpx
+
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            yield c
+
+    return fake, server, client

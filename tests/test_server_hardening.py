@@ -10,27 +10,10 @@ import httpx
 import pytest
 
 from mimo_audio.server import ServerSettings, create_app
-from server_helpers import FakeBackend, LiveServer, assert_openai_error, wav_bytes
+from server_helpers import FakeBackend, LiveServer, assert_openai_error, fake_server_fixtures, wav_bytes
 
 MODEL = "mimo-audio"
-
-
-@pytest.fixture(scope="module")
-def fake():
-    return FakeBackend()
-
-
-@pytest.fixture(scope="module")
-def server(fake):
-    with LiveServer(create_app(fake, ServerSettings(max_upload_bytes=2_000_000, max_audio_seconds=120,
-                                                    max_new_tokens=64))) as srv:
-        yield srv
-
-
-@pytest.fixture()
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=30) as c:
-        yield c
+fake, server, client = fake_server_fixtures()
 
 
 # ------------------------------------------------------------------------------------------- item 3

@@ -22,27 +22,17 @@ import soundfile as sf
 from mimo_audio.batch import Reply
 from mimo_audio.server import ServerSettings, create_app
 from mimo_audio.server.media import split_at_silences
-from server_helpers import FakeBackend, FakePiece, LiveServer, assert_openai_error, wav_bytes
+from server_helpers import (
+    FakeBackend,
+    FakePiece,
+    LiveServer,
+    assert_openai_error,
+    fake_server_fixtures,
+    wav_bytes,
+)
 
 MODEL = "mimo-audio"
-
-
-@pytest.fixture(scope="module")
-def fake():
-    return FakeBackend()
-
-
-@pytest.fixture(scope="module")
-def server(fake):
-    with LiveServer(create_app(fake, ServerSettings(max_upload_bytes=2_000_000, max_audio_seconds=120,
-                                                    max_new_tokens=64))) as srv:
-        yield srv
-
-
-@pytest.fixture()
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=30) as c:
-        yield c
+fake, server, client = fake_server_fixtures()
 
 
 def sse_events(text: str) -> list:
