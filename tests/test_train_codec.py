@@ -99,6 +99,25 @@ def test_codebook_usage_stays_above_a_floor(tmp_path):
     assert max(r["codebook_perplexity"][0] for r in stale[-4:]) < min(ppl)
 
 
+def test_tensorboard_tracker_on_the_tokenizer_loop(tmp_path):
+    """The loop's settings are shared (LoopConfig): train-codec takes --tensorboard like train."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mimo_audio.train.codec.cli import build_parser, config_from_args
+
+    args = ["--stage", "1", "--config", "small", "--data", "d", "--tensorboard"]
+    assert config_from_args(build_parser().parse_args(args)).tracker == "tensorboard"
+    data = manifest(tmp_path / "d", n=2, seconds=0.5)
+    recs = train_codec(settings(tmp_path, "tb", data, max_steps=2, tracker="tensorboard", val_data=data,
+                                val_every=2))
+    events = list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events[0]))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("train/loss_recon")] == pytest.approx([r["loss_recon"] for r in recs])
+    assert "val/mel_distance" in acc.Tags()["scalars"]
+
+
 def _stage1_export(tmp_path, data):
     train_codec(settings(tmp_path, "s1", data, max_steps=2))
     return tmp_path / "s1" / "final"

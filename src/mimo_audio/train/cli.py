@@ -45,26 +45,34 @@ def build_parser(prog: str = "mimo-audio train") -> argparse.ArgumentParser:
     a("--warmup-ratio", type=float, help="warm-up fraction of max-steps (default 0.01)")
     a("--weight-decay", type=float, help="AdamW weight decay on matrices (default 0.1)")
     a("--grad-clip", type=float, help="clip the global gradient norm (default 1.0)")
-    a("--device", help="cpu, cuda or cuda:N (default: cuda when available; LOCAL_RANK under torchrun)")
-    a("--output", help="run folder: checkpoints, metrics.jsonl, final/ (default runs/mimo-audio)")
-    a("--resume", action="store_true", default=None, help="continue the run in --output from its last checkpoint")
-    a("--save-every", type=int, help="checkpoint every N steps (default 500; always at the end)")
-    a("--keep", type=int, help="checkpoints to keep (default 2)")
-    a("--val-every", type=int, help="validation loss every N steps on --val-data (default: never)")
-    a("--log-every", type=int, help="metrics.jsonl record every N steps (default 1)")
-    a("--seed", type=int, help="random seed (default 0)")
     a("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
       help="recompute block activations in backward (less memory, ~30%% more compute)")
     a("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 on CUDA (default on): FSDP2 mixed precision under torchrun, autocast in one process")
     a("--text-loss-chunk", type=int, default=None, metavar="N",
       help="text loss over chunks of N positions (default 1024; 0: the full logits at once)")
     a("--empty-id", type=int, help="the <|empty|> text id when the model folder has no tokenizer.json")
+    add_loop_args(p, "final/", "runs/mimo-audio")
+    return p
+
+
+def add_loop_args(p: argparse.ArgumentParser, holds: str, default_output: str) -> None:
+    """The flags of the training loop's settings (:class:`~mimo_audio.train.config.LoopConfig`), shared by
+    ``mimo-audio train`` and ``mimo-audio train-codec``; ``holds``: what the run folder holds besides checkpoints
+    and metrics."""
+    a = p.add_argument
+    a("--device", help="cpu, cuda or cuda:N (default: cuda when available; LOCAL_RANK under torchrun)")
+    a("--output", help=f"run folder: checkpoints, metrics.jsonl, {holds} (default {default_output})")
+    a("--resume", action="store_true", default=None, help="continue the run in --output from its last checkpoint")
+    a("--save-every", type=int, help="checkpoint every N steps (default 500; always at the end)")
+    a("--keep", type=int, help="checkpoints to keep (default 2)")
+    a("--val-every", type=int, help="validation every N steps on --val-data (default: never)")
+    a("--log-every", type=int, help="metrics.jsonl record every N steps (default 1)")
+    a("--seed", type=int, help="random seed (default 0)")
     a("--stop-after", type=int, help="stop after this step without finishing (resume later with --resume)")
     a("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on a terminal (default on)")
     a("--tensorboard", action="store_const", const="tensorboard", dest="tracker", default=None,
       help="also write the per-step scalars to OUTPUT/tensorboard (needs tensorboard; config: tracker = "
       "\"tensorboard\")")
-    return p
 
 
 def build_merge_parser(prog: str = "mimo-audio train merge") -> argparse.ArgumentParser:

@@ -20,13 +20,13 @@ class TensorBoardTracker:
         self.writer = SummaryWriter(log_dir=str(folder), purge_step=start_step + 1 if start_step else None)
 
     def log(self, record: dict) -> None:
-        """``record``: a metrics.jsonl record (``step`` + numbers); ``val_loss`` goes under ``val/``, the rest
-        under ``train/``."""
+        """``record``: a metrics.jsonl record (``step`` + numbers; lists such as per-layer codebook usage are left to
+        metrics.jsonl); ``val_X`` goes to ``val/X``, the rest under ``train/``."""
         step = int(record["step"])
         for key, value in record.items():
             if key == "step" or not isinstance(value, (int, float)):
                 continue
-            tag = "val/loss" if key == "val_loss" else f"train/{key}"
+            tag = f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}"
             self.writer.add_scalar(tag, float(value), step)
         self.writer.flush()
 

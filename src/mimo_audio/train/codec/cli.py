@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli import add_loop_args
 from .config import SHIPPED, make_codec_config, read_config
 
 EXIT_ERROR = 2
@@ -29,18 +30,9 @@ def build_parser(prog: str = "mimo-audio train-codec") -> argparse.ArgumentParse
     a("--a2t-weight", type=float, help="weight of the A2T loss (default 10; 0 disables the text decoder)")
     a("--text-tokenizer", help="'bytes' (default) or an LM folder / tokenizer.json for the A2T decoder's text")
     a("--quantizer-dropout", type=float, help="share of clips that use a random prefix of the RVQ layers")
-    a("--device", help="cpu, cuda or cuda:N (default: cuda when available; LOCAL_RANK under torchrun)")
-    a("--output", help="run folder: checkpoints, metrics.jsonl, samples/, final/ (default runs/mimo-audio-codec)")
-    a("--resume", action="store_true", default=None, help="continue the run in --output from its last checkpoint")
-    a("--save-every", type=int, help="checkpoint every N steps (always at the end)")
-    a("--keep", type=int, help="checkpoints to keep (default 2)")
-    a("--val-every", type=int, help="validation every N steps on --val-data (default: never)")
     a("--sample-every", type=int, help="write sample reconstructions every N steps (default: never)")
-    a("--log-every", type=int, help="metrics.jsonl record every N steps (default 1)")
-    a("--seed", type=int, help="random seed (default 0)")
-    a("--stop-after", type=int, help="stop after this step without finishing (resume later with --resume)")
     a("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast on CUDA (default off)")
-    a("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on a terminal")
+    add_loop_args(p, "samples/, final/", "runs/mimo-audio-codec")
     return p
 
 
